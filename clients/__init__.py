@@ -1,0 +1,1 @@
+"""The Flower ClientApp: one site of the federation (its shard, discriminator and local steps)."""

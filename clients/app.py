@@ -1,0 +1,82 @@
+"""Flower ClientApp for one site: translates messages into calls on `fedgan.site.Site`, nothing more.
+
+A ClientApp is re-created for every message (FLOWER.md), so the site's lasting state — D's weights, its Adam
+state, its batch RNG — lives in `context.state` as bytes and is restored before each step. The shard is rebuilt
+from the scenario and the node's ``partition-id`` and cached per worker process, never sent anywhere.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedgan import protocol as P
+from fedgan.engine import build_site, resolve_device
+from fedgan.scenario import scenario_from_dict
+from fedgan.site import Site
+
+app = ClientApp()
+
+# Sites built in this worker process, keyed by (scenario JSON, site id). A cache only: the state in the
+# Context is loaded into the site before every step, so a cached object never carries stale weights.
+_SITES: OrderedDict[tuple[str, int], Site] = OrderedDict()
+_MAX_CACHED_SITES = 64
+
+
+def _site_for(scenario_json: str, site_id: int, fresh: bool = False) -> Site:
+    key = (scenario_json, site_id)
+    if key in _SITES and not fresh:
+        _SITES.move_to_end(key)
+        return _SITES[key]
+    scenario = scenario_from_dict(json.loads(scenario_json))
+    site = build_site(scenario, site_id, resolve_device(scenario.engine.device))
+    _SITES[key] = site
+    while len(_SITES) > _MAX_CACHED_SITES:
+        _SITES.popitem(last=False)
+    return site
+
+
+def _partition_id(context: Context) -> int:
+    if "partition-id" not in context.node_config:
+        raise RuntimeError("node_config has no partition-id: start the SuperNode with --node-config partition-id=N")
+    return int(context.node_config["partition-id"])
+
+
+@app.train(P.SETUP_ACTION)
+def setup(msg: Message, context: Context) -> Message:
+    """Join the run: build this site from the scenario, keep its state, report its class counts."""
+    scenario_json = str(msg.content[P.CONFIG][P.SCENARIO_JSON])
+    site_id = _partition_id(context)
+    site = _site_for(scenario_json, site_id, fresh=True)  # round-0 state, whatever this worker ran before
+    context.state[P.STATE_CONFIG] = ConfigRecord({P.SCENARIO_JSON: scenario_json, P.SITE_ID: site_id})
+    context.state[P.STATE_SITE] = ConfigRecord({P.STATE_BYTES: site.state_bytes()})
+    content = RecordDict({
+        P.CONFIG: ConfigRecord({P.SITE_ID: site_id}),
+        P.ARRAYS: ArrayRecord({P.CLASS_COUNTS: Array(site.class_counts())}),
+    })
+    return Message(content, reply_to=msg)
+
+
+@app.train(P.SCORE_ACTION)
+def score(msg: Message, context: Context) -> Message:
+    """One round at this site: D step(s) on real vs the received batch; reply with logits and input gradients."""
+    config = context.state[P.STATE_CONFIG]
+    site = _site_for(str(config[P.SCENARIO_JSON]), int(config[P.SITE_ID]))
+    site.load_state_bytes(bytes(context.state[P.STATE_SITE][P.STATE_BYTES]))
+    arrays = msg.content[P.ARRAYS]
+    fake = torch.from_numpy(np.array(arrays[P.FAKE].numpy()))
+    labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
+    reply = site.score(fake, labels)
+    context.state[P.STATE_SITE] = ConfigRecord({P.STATE_BYTES: site.state_bytes()})
+    content = RecordDict({
+        P.ARRAYS: ArrayRecord({
+            P.LOGITS: Array(reply.logits.numpy()),
+            P.INPUT_GRADS: Array(reply.input_grads.numpy()),
+        }),
+        P.METRICS: MetricRecord({P.D_LOSS: reply.d_loss, P.D_REAL: reply.d_real, P.D_FAKE: reply.d_fake}),
+    })
+    return Message(content, reply_to=msg)

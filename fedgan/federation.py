@@ -1,0 +1,169 @@
+"""The server's round loop: the central generator trained by aggregation over the sites' discriminators.
+
+One round (ALGORITHMS.md §1, the reference training step):
+  1. sample z (and labels y) and generate the synthetic batch x̂ = G(z, y);
+  2. send x̂ (and y) to every site; each takes its D step(s) and returns ℓ_j(x̂) and ∂ℓ_j/∂x̂ (`SiteEngine.score`);
+  3. aggregate: the aggregator's loss on the logits gives ∂L_G/∂x̂ (`Aggregator.generator_gradient`);
+  4. step G with x̂.backward(∂L_G/∂x̂);
+  5. every `evaluation.every` rounds, measure and log.
+The loop knows nothing of Flower: it talks to a `SiteEngine`, so the Flower ServerApp and the in-process engine
+run exactly this code.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fedgan.aggregation import get_aggregator, site_log_weights
+from fedgan.engine import SiteEngine, SiteInfo
+from fedgan.models import Generator, build_generator
+from fedgan.scenario import Scenario
+from fedgan.seeding import derive_seed, torch_generator
+
+
+@dataclass
+class RoundRecord:
+    """What one round measured (one line of metrics.jsonl)."""
+
+    round: int
+    generator_loss: float
+    discriminator_loss: float
+    d_real: float
+    d_fake: float
+    d_aggregate: float
+    sites_answered: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": "round", **self.__dict__}
+
+
+class GeneratorServer:
+    """The server's side of the federation: G, its optimizer, the sampling RNG and the site weights."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        sites: list[SiteInfo],
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        device: torch.device,
+    ) -> None:
+        self.scenario = scenario
+        self.device = device
+        self.num_classes = num_classes
+        self.conditional = scenario.model.conditional
+        self.generator: Generator = build_generator(
+            scenario.model, image_shape, num_classes, derive_seed(scenario.seed, "generator")
+        ).to(device)
+        t = scenario.training
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=t.lr_generator, betas=(t.beta1, t.beta2))
+        self.aggregator = get_aggregator(t.aggregator)
+        self.class_counts = np.stack([info.class_counts for info in sites])  # (K, C), sizes only
+        self.site_ids = [info.site_id for info in sites]
+        self.rng = torch_generator(scenario.seed, "server", "latent")
+        self.round = 0
+        total = self.class_counts.sum(0).astype(np.float64)
+        self.label_prior = torch.from_numpy(total / total.sum())
+
+    # ---- sampling ----
+    def sample_labels(self, batch: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Labels for a conditional G: uniform over classes, or the federation's class shares."""
+        if not self.conditional:
+            return None
+        if self.scenario.training.label_sampling == "data":
+            return torch.multinomial(self.label_prior, batch, replacement=True, generator=generator)
+        return torch.randint(self.num_classes, (batch,), generator=generator)
+
+    @torch.no_grad()
+    def sample(self, count: int, seed_tag: str, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """`count` images from G on CPU, from their own RNG stream (evaluation never moves the training stream).
+
+        Sampled in batches of the training batch size in training mode, so batch-norm statistics are those G
+        was trained with.
+        """
+        rng = torch_generator(self.scenario.seed, "server", "sample", seed_tag)
+        batch = self.scenario.training.batch_size
+        if labels is None:
+            labels = self.sample_labels(count, rng)
+        out = []
+        for start in range(0, count, batch):
+            stop = min(start + batch, count)
+            z = torch.randn(stop - start, self.generator.latent_dim, generator=rng).to(self.device)
+            y = labels[start:stop].to(self.device) if labels is not None else None
+            out.append(self.generator(z, y).cpu())
+        return torch.cat(out)
+
+    # ---- one round ----
+    def step(self, engine: SiteEngine) -> RoundRecord:
+        """One generator step against the aggregated site discriminators."""
+        started = time.perf_counter()
+        t = self.scenario.training
+        self.round += 1
+        # ---------------- generate the synthetic batch and send it to the sites ----------------
+        z = torch.randn(t.batch_size, self.generator.latent_dim, generator=self.rng).to(self.device)
+        labels = self.sample_labels(t.batch_size, self.rng)
+        fake = self.generator(z, labels.to(self.device) if labels is not None else None)
+        replies = engine.score(self.round, fake.detach().cpu(), labels)
+        if not replies:
+            raise RuntimeError(f"round {self.round}: no site answered")
+        # ---------------- aggregate: the generator's gradient from logits and input gradients ----------------
+        present = [self.site_ids.index(site_id) for site_id in sorted(replies)]
+        logits = torch.stack([replies[s].logits for s in sorted(replies)])  # (K', B)
+        input_grads = torch.stack([replies[s].input_grads for s in sorted(replies)])  # (K', B, C, H, W)
+        log_w = site_log_weights(self.class_counts, np.asarray(present), labels, t.site_weights)
+        log_w = log_w.expand(-1, t.batch_size)
+        loss, grad = self.aggregator.generator_gradient(logits, input_grads, log_w)
+        # ---------------- update G ----------------
+        self.optimizer.zero_grad(set_to_none=True)
+        fake.backward(grad.to(self.device, fake.dtype))
+        self.optimizer.step()
+        d_aggregate = float(self.aggregator.probability(logits.double(), log_w.double()).mean())
+        answered = list(replies.values())
+        return RoundRecord(
+            round=self.round,
+            generator_loss=loss,
+            discriminator_loss=float(np.mean([r.d_loss for r in answered])),
+            d_real=float(np.mean([r.d_real for r in answered])),
+            d_fake=float(np.mean([r.d_fake for r in answered])),
+            d_aggregate=d_aggregate,
+            sites_answered=len(answered),
+            seconds=time.perf_counter() - started,
+        )
+
+    # ---- persistence ----
+    def state_dict(self) -> dict[str, Any]:
+        """G, its optimizer, the sampling RNG and the round: the server's part of a checkpoint."""
+        return {
+            "generator": self.generator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.get_state(),
+            "round": self.round,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        self.generator.load_state_dict(state["generator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.set_state(state["rng"])
+        self.round = int(state["round"])
+
+
+RoundCallback = Callable[[GeneratorServer, RoundRecord], None]
+
+
+def train_rounds(
+    server: GeneratorServer, engine: SiteEngine, rounds: int, on_round: RoundCallback | None = None
+) -> list[RoundRecord]:
+    """Run `rounds` rounds; `on_round` is called after each (evaluation, logging, progress)."""
+    records = []
+    for _ in range(rounds):
+        record = server.step(engine)
+        records.append(record)
+        if on_round is not None:
+            on_round(server, record)
+    return records

@@ -1,0 +1,126 @@
+"""The run directory and its contract: what every run writes, and the fields other tools rely on.
+
+    <out>/scenario.toml        the resolved scenario (every default filled in), written before round 1
+    <out>/metrics.jsonl        one JSON line per round ("kind": "round") and per evaluation ("kind": "evaluation")
+    <out>/summary.json         the results contract (below), written last
+    <out>/samples_*.png        sample grids (one row per class for a conditional generator)
+    <out>/curves.png           generator / discriminator loss and FID_LeNet against rounds
+    <out>/checkpoint.pt        generator, its optimizer, sampling RNG, round, and site states where reachable
+
+summary.json always has: dataset, num_sites, aggregator, rounds, wall_seconds, fid_lenet, kid, class_histogram
+(list of shares, one per class), evaluator_accuracy. Every file is written atomically (temporary file + rename);
+metrics.jsonl is appended line by line with fsync.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedgan import __version__
+from fedgan.datasets import DatasetSplits
+from fedgan.engine import SiteEngine, SiteInfo
+from fedgan.evaluation.classifier import Evaluator
+from fedgan.evaluation.plots import plot_training_curves, save_sample_grid
+from fedgan.scenario import Scenario
+from fedgan.storage import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
+
+SUMMARY_FIELDS = (
+    "dataset", "num_sites", "aggregator", "rounds", "wall_seconds", "fid_lenet", "kid", "class_histogram",
+    "evaluator_accuracy",
+)
+
+
+def scenario_to_toml(scenario: Scenario) -> str:
+    """The resolved scenario as TOML in the file format `load_scenario` reads (kebab-case keys)."""
+    data = scenario.to_dict()
+    lines = [f"# resolved scenario written by fedgan {__version__}"]
+    for key in ("name", "seed", "description"):
+        lines.append(f"{key} = {_toml_value(data.pop(key))}")
+    for section, table in data.items():
+        lines.append(f"\n[{section}]")
+        options = table.pop("options", {}) if isinstance(table, dict) else {}
+        for key, value in {**table, **options}.items():
+            if value is not None:
+                lines.append(f"{key.replace('_', '-')} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+class RunRecorder:
+    """Writes one run directory (see the module docstring for its contract)."""
+
+    def __init__(self, out_dir: str | Path, scenario: Scenario) -> None:
+        self.out = Path(out_dir)
+        self.scenario = scenario
+        self.records: list[dict[str, Any]] = []
+        self.context: dict[str, Any] = {}
+
+    def start(self, splits: DatasetSplits, evaluator: Evaluator, sites: list[SiteInfo]) -> None:
+        """Create the directory and write the resolved scenario before round 1."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "scenario.toml", scenario_to_toml(self.scenario))
+        (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        counts = np.stack([info.class_counts for info in sites])
+        self.context = {
+            "dataset": splits.train.name,
+            "data_provenance": splits.provenance,
+            "evaluator_accuracy": evaluator.accuracy,
+            "evaluator_sha256": evaluator.sha256,
+            "site_sizes": counts.sum(1).tolist(),
+            "site_class_counts": counts.tolist(),
+            "real_class_histogram": (counts.sum(0) / counts.sum()).tolist(),
+        }
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl."""
+        self.records.append(record)
+        append_jsonl(self.out / "metrics.jsonl", record)
+
+    def save_grid(self, images: torch.Tensor, nrow: int, name: str) -> None:
+        """A sample grid PNG."""
+        save_sample_grid(images, self.out / name, nrow=nrow)
+
+    def save_checkpoint(self, server: Any, engine: SiteEngine) -> None:
+        """Everything needed to resume or sample: the server's state and, where reachable, the sites'."""
+        atomic_torch_save(
+            self.out / "checkpoint.pt",
+            {"scenario": self.scenario.to_dict(), "server": server.state_dict(), "sites": engine.site_states()},
+        )
+
+    def finish(self, *, final: dict[str, Any], engine: SiteEngine, wall_seconds: float, train_seconds: float,
+               rounds: int) -> dict[str, Any]:
+        """Write curves.png and summary.json; return the summary."""
+        plot_training_curves(self.records, self.out / "curves.png")
+        t = self.scenario.training
+        summary = {
+            "scenario": self.scenario.name,
+            "dataset": self.context["dataset"],
+            "num_sites": self.scenario.sites.count,
+            "aggregator": t.aggregator,
+            "engine": engine.name,
+            "rounds": rounds,
+            "wall_seconds": wall_seconds,
+            "train_seconds": train_seconds,
+            "seconds_per_round": train_seconds / max(rounds, 1),
+            "bytes_down": engine.traffic.bytes_down,
+            "bytes_up": engine.traffic.bytes_up,
+            **final,
+            **self.context,
+            "seed": self.scenario.seed,
+            "fedgan_version": __version__,
+        }
+        atomic_write_json(self.out / "summary.json", summary)
+        return summary

@@ -1,0 +1,298 @@
+"""Scenario schema: a declared experiment, read from TOML into frozen dataclasses and validated once.
+
+A scenario file has a top-level ``name`` and ``seed`` and the tables below. TOML keys are written in kebab-case
+(``batch-size``, as in Flower's own config); `_python_key` is the one place that converts them to snake_case,
+and snake_case is accepted too. Every problem is reported as one `ScenarioError` naming the field
+(``training.batch-size``), what was found, and what would be valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedgan.errors import ScenarioError
+from fedgan.models import ModelSpec
+
+ENGINES = ("flower", "inprocess")
+SITE_WEIGHTS = ("size", "uniform", "per_class")
+LABEL_SAMPLING = ("uniform", "data")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where it lives (None: the default location), and loader options."""
+
+    name: str = "fashion_mnist"
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SitesConfig:
+    """How many sites take part."""
+
+    count: int = 10
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the training split is divided among sites (see fedgan.partition)."""
+
+    scheme: str = "dirichlet"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The federated GAN's optimisation: one round = one generator step (every site one or more D steps)."""
+
+    aggregator: str = "ua"
+    rounds: int = 600
+    batch_size: int = 64
+    d_steps: int = 1
+    lr_generator: float = 2e-4
+    lr_discriminator: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    r1_gamma: float = 0.0
+    site_weights: str = "size"
+    label_sampling: str = "uniform"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """When and how much to measure: FID_LeNet/KID every `every` rounds on `samples` generated images."""
+
+    every: int = 100
+    samples: int = 2000
+    final_samples: int = 5000
+    evaluator_epochs: int = 4
+    grid_per_class: int = 10
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which engine runs the sites: Flower's Ray simulation (`flower`) or the in-process loop (`inprocess`)."""
+
+    name: str = "flower"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    device: str = "auto"
+    round_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Run the same scenario once per listed aggregator, side by side (empty: a single run)."""
+
+    aggregators: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole experiment. `to_dict()` gives the resolved form written into every run directory."""
+
+    name: str = "unnamed"
+    seed: int = 0
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    sites: SitesConfig = field(default_factory=SitesConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved scenario as plain data (JSON/TOML-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON of the resolved scenario (sent to sites, hashed for caches)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **sections: Any) -> "Scenario":
+        """A copy with some sections or fields replaced, re-validated."""
+        scenario = dataclasses.replace(self, **sections)
+        validate(scenario)
+        return scenario
+
+
+# Tables whose free-form keys are passed on to a registry entry (loader or partitioner options).
+_OPTION_TABLES = {"data": ("name", "root"), "partition": ("scheme",)}
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig, "sites": SitesConfig, "partition": PartitionConfig, "model": ModelSpec,
+    "training": TrainingConfig, "evaluation": EvaluationConfig, "engine": EngineConfig, "compare": CompareConfig,
+}
+
+
+def _python_key(key: str) -> str:
+    """TOML's kebab-case to Python's snake_case (the one place this conversion happens)."""
+    return key.replace("-", "_")
+
+
+def _toml_key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a field's type annotation; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ScenarioError(where, f"got {value!r}, expected a list", f'write it as ["a", "b"]')
+        return tuple(_coerce(v, args[0], where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ScenarioError(where, f"got {value!r}, expected a table", "write it as a TOML table")
+        return dict(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool) and (type(value) is not annotation):
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[annotation]
+        raise ScenarioError(where, f"got {value!r}, expected {kind}", f"set {where} to {kind}")
+    return value
+
+
+def _build_section(name: str, raw: Any) -> Any:
+    """One table of the TOML file -> its frozen dataclass, rejecting unknown keys and wrong types."""
+    cls = _SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ScenarioError(name, f"got {raw!r}, expected a table [{name}]", f"write it as [{name}] with keys below")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        attr = _python_key(key)
+        where = f"{name}.{key}"
+        if name in _OPTION_TABLES and attr not in _OPTION_TABLES[name]:
+            options[attr] = value  # passed to the loader/partitioner, which validates its own options
+        elif attr in known and attr != "options":
+            values[attr] = _coerce(value, hints[attr], where)
+        else:
+            valid = ", ".join(sorted(_toml_key(k) for k in known if k != "options"))
+            raise ScenarioError(where, "unknown key", f"valid keys in [{name}]: {valid}")
+    if name in _OPTION_TABLES:
+        values["options"] = options
+    return cls(**values)
+
+
+def scenario_from_dict(raw: dict[str, Any]) -> Scenario:
+    """Build and validate a Scenario from parsed TOML (or the dict of `Scenario.to_dict`)."""
+    top: dict[str, Any] = {}
+    for key, value in raw.items():
+        attr = _python_key(key)
+        if attr in _SECTIONS:
+            if attr in _OPTION_TABLES and isinstance(value, dict) and "options" in value:
+                value = {**{k: v for k, v in value.items() if k != "options"}, **value["options"]}
+            top[attr] = _build_section(attr, value)
+        elif attr in ("name", "description"):
+            top[attr] = _coerce(value, str, key)
+        elif attr == "seed":
+            top[attr] = _coerce(value, int, key)
+        else:
+            valid = ", ".join(["name", "seed", "description", *sorted(_SECTIONS)])
+            raise ScenarioError(key, "unknown top-level key", f"valid top-level keys and tables: {valid}")
+    scenario = Scenario(**top)
+    validate(scenario)
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError("scenario", f"file {str(path)!r} not found", "give the path of a scenarios/*.toml file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ScenarioError("scenario", f"{path} is not valid TOML ({error})", "fix the TOML syntax") from None
+    raw.setdefault("name", path.stem)
+    return scenario_from_dict(raw)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation: one rule per line, each naming the field and the fix.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _require(ok: bool, where: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ScenarioError(where, problem, fix)
+
+
+def _one_of(value: Any, choices: typing.Iterable[str], where: str) -> None:
+    choices = tuple(choices)
+    _require(value in choices, where, f"got {value!r}", f"use one of: {', '.join(choices)}")
+
+
+def validate(s: Scenario) -> None:
+    """Check the values that types cannot (ranges, registry names, contradictions). Raises ScenarioError."""
+    from fedgan.aggregation import AGGREGATORS
+    from fedgan.models import ARCHITECTURES
+
+    _require(s.seed >= 0, "seed", f"got {s.seed}", "use a non-negative integer")
+    _require(s.sites.count >= 1, "sites.count", f"got {s.sites.count}", "use at least 1 site")
+    _one_of(s.model.architecture, ARCHITECTURES, "model.architecture")
+    _require(s.model.latent_dim >= 1, "model.latent-dim", f"got {s.model.latent_dim}", "use a positive integer")
+    _require(s.model.width >= 4, "model.width", f"got {s.model.width}", "use an integer of at least 4")
+    t = s.training
+    _one_of(t.aggregator, AGGREGATORS, "training.aggregator")
+    _require(t.rounds >= 1, "training.rounds", f"got {t.rounds}", "use at least 1 round")
+    _require(t.batch_size >= 2, "training.batch-size", f"got {t.batch_size}", "use a batch of at least 2")
+    _require(t.d_steps >= 1, "training.d-steps", f"got {t.d_steps}", "use at least 1 discriminator step")
+    for key in ("lr_generator", "lr_discriminator"):
+        value = getattr(t, key)
+        _require(0 < value < 1, f"training.{_toml_key(key)}", f"got {value}", "use a learning rate in (0, 1)")
+    for key in ("beta1", "beta2"):
+        value = getattr(t, key)
+        _require(0 <= value < 1, f"training.{key}", f"got {value}", "use a value in [0, 1)")
+    _require(t.r1_gamma >= 0, "training.r1-gamma", f"got {t.r1_gamma}", "use 0 (off) or a positive weight")
+    _one_of(t.site_weights, SITE_WEIGHTS, "training.site-weights")
+    _one_of(t.label_sampling, LABEL_SAMPLING, "training.label-sampling")
+    _require(
+        t.site_weights != "per_class" or s.model.conditional, "training.site-weights",
+        "per_class weights need a conditional generator", "set model.conditional = true or use size/uniform",
+    )
+    e = s.evaluation
+    _require(e.every >= 0, "evaluation.every", f"got {e.every}", "use 0 (final only) or a positive round count")
+    _require(e.samples >= 2, "evaluation.samples", f"got {e.samples}", "use at least 2 samples")
+    _require(e.final_samples >= 2, "evaluation.final-samples", f"got {e.final_samples}", "use at least 2 samples")
+    _require(e.evaluator_epochs >= 1, "evaluation.evaluator-epochs", f"got {e.evaluator_epochs}", "use at least 1")
+    _require(e.grid_per_class >= 1, "evaluation.grid-per-class", f"got {e.grid_per_class}", "use at least 1")
+    g = s.engine
+    _one_of(g.name, ENGINES, "engine.name")
+    _one_of(g.device, DEVICES, "engine.device")
+    _require(g.num_cpus > 0, "engine.num-cpus", f"got {g.num_cpus}", "use a positive number of CPUs per site")
+    _require(g.num_gpus >= 0, "engine.num-gpus", f"got {g.num_gpus}", "use 0 or a positive GPU share per site")
+    _require(g.round_timeout > 0, "engine.round-timeout", f"got {g.round_timeout}", "use a positive number of seconds")
+    for name in s.compare.aggregators:
+        _one_of(name, AGGREGATORS, "compare.aggregators")
+    _validate_partition_options(s)
+
+
+def _validate_partition_options(s: Scenario) -> None:
+    """Cheap checks of partition options that need no data (the partitioner re-checks against the data)."""
+    alpha = s.partition.options.get("alpha")
+    if s.partition.scheme == "dirichlet" and alpha is not None:
+        ok = isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0
+        _require(ok, "partition.alpha", f"got {alpha!r}", "use a positive number (small = more label skew)")
+    k = s.partition.options.get("k")
+    if s.partition.scheme == "classes_per_site" and k is not None:
+        ok = isinstance(k, int) and not isinstance(k, bool) and k >= 1
+        _require(ok, "partition.k", f"got {k!r}", "use a positive integer number of classes per site")

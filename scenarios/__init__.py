@@ -1,0 +1,1 @@
+"""Declared experiments (`scenarios/*.toml`) and the runner that turns one into a simulation and a report."""

@@ -1,0 +1,117 @@
+"""Turn a scenario into a run: pick the engine, run it, write the run directory (and a comparison if asked).
+
+Engines: ``flower`` runs the real Flower ServerApp and ClientApp on Flower's Ray simulation engine
+(`flwr.simulation.run_simulation`); ``inprocess`` runs the same server loop and site code in this process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fedgan.errors import FedganError
+from fedgan.experiment import ProgressFn, prepare, run_experiment
+from fedgan.engine import InProcessEngine
+from fedgan.scenario import Scenario
+from fedgan.storage import atomic_write_json, atomic_write_text
+
+# Flower calls out to the network unless told not to, and would `uv sync` the project per run (FLOWER.md).
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def with_overrides(scenario: Scenario, *, engine: str | None = None, rounds: int | None = None) -> Scenario:
+    """The scenario with command-line overrides applied (and re-validated)."""
+    if engine is not None:
+        scenario = scenario.replace(engine=dataclasses.replace(scenario.engine, name=engine))
+    if rounds is not None:
+        scenario = scenario.replace(training=dataclasses.replace(scenario.training, rounds=rounds))
+    return scenario
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse to overwrite an earlier run: results already stored must not be lost."""
+    if (out / "summary.json").exists() or (out / "metrics.jsonl").exists():
+        raise FedganError("--out", f"{out} already holds a run", "choose a new directory (or delete the old run)")
+
+
+def default_out_dir(scenario: Scenario) -> Path:
+    """runs/<scenario>-<timestamp> under the current directory."""
+    return Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_inprocess(scenario: Scenario, out: Path, progress: ProgressFn | None, prepared: Any) -> dict[str, Any]:
+    """The in-process engine: the same loop and site code, no Flower."""
+    return run_experiment(scenario, InProcessEngine(scenario), out, progress=progress, prepared=prepared)
+
+
+def run_flower(scenario: Scenario, out: Path, progress: ProgressFn | None,
+               wire_log: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The real Flower apps on Flower's Ray simulation engine, one SuperNode per site."""
+    os.environ.update(FLOWER_ENV)
+    from flwr.simulation import run_simulation
+
+    from clients.app import app as client_app
+    from server.app import make_server_app
+
+    result: dict[str, Any] = {}
+    server_app = make_server_app(scenario, out, progress=progress, on_done=result.update, wire_log=wire_log)
+    backend_config = {
+        "client_resources": {"num_cpus": scenario.engine.num_cpus, "num_gpus": scenario.engine.num_gpus},
+        "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": True},
+    }
+    run_simulation(server_app, client_app, num_supernodes=scenario.sites.count, backend_config=backend_config)
+    if not result:
+        raise RuntimeError("the Flower simulation ended without a result (see the log above)")
+    return result
+
+
+def run_scenario(scenario: Scenario, out: Path, progress: ProgressFn | None = None,
+                 wire_log: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run one scenario (or, with [compare], one run per aggregator plus a comparison). Returns the summary."""
+    check_out_dir(out)
+    if scenario.compare.aggregators:
+        return run_comparison(scenario, out, progress)
+    prepared = prepare(scenario)  # bad data or partition fails here, before anything is written
+    if scenario.engine.name == "inprocess":
+        return run_inprocess(scenario, out, progress, prepared)
+    return run_flower(scenario, out, progress, wire_log)
+
+
+def run_comparison(scenario: Scenario, out: Path, progress: ProgressFn | None) -> dict[str, Any]:
+    """The same scenario, seeds and budget once per aggregator; side-by-side table in comparison.md."""
+    variants: dict[str, dict[str, Any]] = {}
+    for name in scenario.compare.aggregators:
+        variant = scenario.replace(
+            name=f"{scenario.name}-{name}",
+            training=dataclasses.replace(scenario.training, aggregator=name),
+            compare=dataclasses.replace(scenario.compare, aggregators=()),
+        )
+        variants[name] = run_scenario(variant, out / name, progress)
+    first = next(iter(variants.values()))
+    summary = {
+        "scenario": scenario.name, "dataset": first["dataset"], "num_sites": first["num_sites"],
+        "aggregator": list(variants), "rounds": first["rounds"],
+        "wall_seconds": sum(v["wall_seconds"] for v in variants.values()),
+        "evaluator_accuracy": first["evaluator_accuracy"], "variants": variants,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "comparison.md", comparison_table(variants))
+    return summary
+
+
+def comparison_table(variants: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table of the headline numbers of each variant."""
+    rows = ["| aggregator | FID_LeNet | KID | class coverage | real-vs-generated histogram L1 | seconds |",
+            "|---|---|---|---|---|---|"]
+    for name, v in variants.items():
+        l1 = sum(abs(a - b) for a, b in zip(v["class_histogram"], v["real_class_histogram"]))
+        rows.append(f"| {name} | {v['fid_lenet']:.2f} | {v['kid']:.4f} | {v.get('class_coverage', float('nan')):.2f} "
+                    f"| {l1:.3f} | {v['wall_seconds']:.0f} |")
+    return "\n".join(rows) + "\n"

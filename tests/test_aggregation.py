@@ -1,0 +1,119 @@
+"""Aggregation math: UA's gradient vs autograd, the disjoint-support example, weight renormalisation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedgan.aggregation import AGGREGATORS, get_aggregator, site_log_weights
+
+
+def _central_loss_through_sites(name: str, sites: list[nn.Module], x: torch.Tensor, log_w: torch.Tensor):
+    """The aggregator's loss computed centrally, with autograd through every site's D to the images."""
+    logits = torch.stack([site(x).squeeze(1) for site in sites])
+    return get_aggregator(name).loss(logits, log_w)
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_server_gradient_equals_autograd_through_central_loss(name):
+    # Prepare: three small "discriminators" and a batch; weights differ per site and per sample.
+    torch.manual_seed(0)
+    sites = [nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 1)).double() for _ in range(3)]
+    x = torch.randn(5, 1, 3, 4, dtype=torch.float64, requires_grad=True)
+    log_w = torch.log_softmax(torch.randn(3, 5, dtype=torch.float64), dim=0)
+
+    # Execute: the federated path (sites send logits and per-sample input gradients) ...
+    logits, grads = [], []
+    for site in sites:
+        xi = x.detach().clone().requires_grad_(True)
+        out = site(xi).squeeze(1)
+        (g,) = torch.autograd.grad(out.sum(), xi)
+        logits.append(out.detach())
+        grads.append(g)
+    loss, grad = get_aggregator(name).generator_gradient(torch.stack(logits), torch.stack(grads), log_w)
+    # ... and the central path (autograd through all discriminators at once).
+    central = _central_loss_through_sites(name, sites, x, log_w)
+    (expected,) = torch.autograd.grad(central, x)
+
+    # Assert
+    assert loss == pytest.approx(float(central.detach()), rel=1e-12)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_ua_gradient_matches_closed_form():
+    # Prepare: ALGORITHMS.md §1: ∂L/∂x[b] = (σ(ℓ_ua[b]) − 1)/B · Σ_j softmax_j(ℓ_j + log π_j)[b] · ∂ℓ_j[b]/∂x[b]
+    torch.manual_seed(1)
+    K, B = 4, 6
+    logits = torch.randn(K, B, dtype=torch.float64) * 3
+    grads = torch.randn(K, B, 2, 2, dtype=torch.float64)
+    log_pi = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)).view(K, 1).expand(K, B)
+
+    # Execute
+    _, grad = get_aggregator("ua").generator_gradient(logits, grads, log_pi)
+
+    # Assert
+    l_ua = torch.logsumexp(logits + log_pi, 0)
+    s = torch.softmax(logits + log_pi, 0)
+    closed = ((torch.sigmoid(l_ua) - 1) / B).view(B, 1, 1) * (s.view(K, B, 1, 1) * grads).sum(0)
+    torch.testing.assert_close(grad, closed)
+
+
+def test_disjoint_support_avg_gives_one_third_and_ua_one_half():
+    # Prepare: two sites with disjoint supports, equal weights, a perfect generator q = p = (p1 + p2)/2.
+    # At x in site 1's support the optimal D1 = p1/(p1 + q) = 2/3 and D2 = 0.
+    d1 = 2.0 / 3.0  # and D2 = 0, a logit of -60
+    logits = torch.tensor([[math.log(d1 / (1 - d1))], [-60.0]], dtype=torch.float64)
+    log_w = torch.log(torch.tensor([[0.5], [0.5]], dtype=torch.float64))
+
+    # Execute
+    avg = float(get_aggregator("avg").probability(logits, log_w))
+    ua = float(get_aggregator("ua").probability(logits, log_w))
+
+    # Assert: Avg-GAN's central D is biased (1/3); UA recovers the optimal 1/2 (the true p is a fixed point).
+    assert avg == pytest.approx(1 / 3, abs=1e-12)
+    assert ua == pytest.approx(1 / 2, abs=1e-12)
+
+
+def test_one_site_ua_equals_that_site():
+    logits = torch.randn(1, 7, dtype=torch.float64)
+    log_w = torch.zeros(1, 7, dtype=torch.float64)
+    torch.testing.assert_close(get_aggregator("ua").probability(logits, log_w), torch.sigmoid(logits[0]))
+
+
+def test_weights_renormalise_when_a_site_is_missing():
+    # Prepare: three sites of sizes 10, 30, 60; site 1 does not answer.
+    counts = np.array([[10, 0], [20, 10], [0, 60]])
+
+    # Execute
+    all_sites = site_log_weights(counts, np.array([0, 1, 2]), None, "size").exp()
+    without_1 = site_log_weights(counts, np.array([0, 2]), None, "size").exp()
+
+    # Assert
+    torch.testing.assert_close(all_sites[:, 0], torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64))
+    torch.testing.assert_close(without_1[:, 0], torch.tensor([10 / 70, 60 / 70], dtype=torch.float64))
+
+
+def test_per_class_weights_follow_class_counts_and_fall_back_to_uniform():
+    # Prepare: class 0 held by sites 0 and 1 (1:3); class 1 only by site 2.
+    counts = np.array([[10, 0], [30, 0], [0, 50]])
+    labels = torch.tensor([0, 1])
+
+    # Execute
+    w = site_log_weights(counts, np.array([0, 1, 2]), labels, "per_class").exp()
+    w_missing = site_log_weights(counts, np.array([0, 1]), labels, "per_class").exp()
+
+    # Assert: columns sum to one; the class held only by a missing site falls back to uniform.
+    torch.testing.assert_close(w[:, 0], torch.tensor([0.25, 0.75, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(w[:, 1], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(w_missing[:, 1], torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+
+def test_ua_is_stable_where_probabilities_saturate():
+    # The probability form rounds σ(ℓ) to 1 for ℓ ≳ 17 in float32; the logit form keeps a finite, nonzero gradient.
+    logits = torch.tensor([[40.0], [-40.0]])
+    grads = torch.ones(2, 1, 1, 1, 1)
+    loss, grad = get_aggregator("ua").generator_gradient(logits, grads, torch.log(torch.full((2, 1), 0.5)))
+    assert math.isfinite(loss) and torch.isfinite(grad).all()
