@@ -160,7 +160,9 @@ def evaluator_cache_path(
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor, num_classes: int, split: str) -> None:
     """One clear error per malformed split, before any training time is spent."""
     if images.dim() != 4 or tuple(images.shape[1:]) not in SUPPORTED_SHAPES:
-        raise DataError(f"{split}_images", f"got shape {tuple(images.shape)}", f"expected (N, *one of {SUPPORTED_SHAPES})")
+        raise DataError(
+            f"{split}_images", f"got shape {tuple(images.shape)}", f"expected (N, *one of {SUPPORTED_SHAPES})"
+        )
     if not images.is_floating_point():
         raise DataError(f"{split}_images", f"got dtype {images.dtype}", "pass float images in [-1, 1]")
     if labels.shape != (images.shape[0],):

@@ -1,0 +1,44 @@
+"""Shared fixtures: a private cache per test session, Flower's network calls off, small scenarios."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fedgan.scenario import Scenario, scenario_from_dict
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Datasets and evaluators cached under a temporary folder, never the user's ~/.cache."""
+    os.environ["FEDGAN_CACHE"] = str(tmp_path_factory.mktemp("fedgan-cache"))
+
+
+def tiny_scenario(**overrides) -> Scenario:
+    """A scenario on synthetic shapes small enough for unit tests (a few rounds in about a second)."""
+    raw = {
+        "name": "tiny",
+        "seed": 3,
+        "data": {"name": "synthetic", "num-train": 600, "num-test": 200},
+        "sites": {"count": 3},
+        "partition": {"scheme": "classes_per_site", "k": 4},
+        "model": {"architecture": "dcgan", "latent-dim": 16, "width": 8},
+        "training": {"rounds": 3, "batch-size": 16},
+        "evaluation": {"every": 2, "samples": 64, "final-samples": 100, "evaluator-epochs": 1, "grid-per-class": 2},
+        "engine": {"name": "inprocess", "device": "cpu"},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return scenario_from_dict(raw)
+
+
+@pytest.fixture
+def tiny():
+    return tiny_scenario
