@@ -20,14 +20,14 @@ Weights w_j[b] may differ per sample (conditional models weight sites per class)
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-AGGREGATORS: dict[str, "Aggregator"] = {}
+AGGREGATORS: dict[str, Aggregator] = {}
 
 
 class Aggregator:

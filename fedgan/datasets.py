@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import io
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from fedgan.errors import DataError, FedganError
-from fedgan.storage import atomic_write_bytes, cache_dir
+from fedgan.storage import CACHE_ENV, atomic_write_bytes, cache_dir
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -287,11 +288,18 @@ def _load_idx_dataset(name: str, files: dict[str, Path], class_names: tuple[str,
     return _make_splits(name, arrays, class_names, provenance)
 
 
+def local_debian_root() -> Path:
+    """Where setup.sh unpacks Debian data packages when it cannot install them system-wide."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "fedgan") / "debian"
+
+
 @register_dataset("fashion_mnist")
 def load_fashion_mnist(root: str | None = None) -> DatasetSplits:
     """Fashion-MNIST (60k/10k, 28×28) from IDX files: `root`, `root/FashionMNIST/raw`, or the Debian package."""
-    base = Path(root) if root is not None else FASHION_ROOT
-    folders = [base, base / "FashionMNIST" / "raw"]
+    if root is not None:
+        folders = [Path(root), Path(root) / "FashionMNIST" / "raw"]
+    else:  # the Debian package, installed system-wide or unpacked without root by setup.sh (dpkg -x)
+        folders = [FASHION_ROOT, local_debian_root() / FASHION_ROOT.relative_to("/")]
     files = _find_idx_folder(folders)
     if files is None:
         raise DataError(

@@ -8,8 +8,9 @@ files (see `fedgan.results` for the contract).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

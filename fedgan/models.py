@@ -12,8 +12,8 @@ conditional D is a projection discriminator (Miyato & Koyama 2018): logit = ψ(h
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -118,7 +118,7 @@ class Scenario:
         """Canonical JSON of the resolved scenario (sent to sites, hashed for caches)."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def replace(self, **sections: Any) -> "Scenario":
+    def replace(self, **sections: Any) -> Scenario:
         """A copy with some sections or fields replaced, re-validated."""
         scenario = dataclasses.replace(self, **sections)
         validate(scenario)
@@ -154,7 +154,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return _coerce(value, next(a for a in args if a is not type(None)), where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ScenarioError(where, f"got {value!r}, expected a list", f'write it as ["a", "b"]')
+            raise ScenarioError(where, f"got {value!r}, expected a list", 'write it as ["a", "b"]')
         return tuple(_coerce(v, args[0], where) for v in value)
     if origin is dict:
         if not isinstance(value, dict):

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedgan.engine import InProcessEngine
 from fedgan.errors import FedganError
 from fedgan.experiment import ProgressFn, prepare, run_experiment
-from fedgan.engine import InProcessEngine
 from fedgan.scenario import Scenario
 from fedgan.storage import atomic_write_json, atomic_write_text
 

@@ -7,8 +7,9 @@ an optional ``out`` directory and an optional ``rounds`` override (0 keeps the s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+
 from fedgan import protocol as P
 from fedgan.engine import build_site, load_federation_data
 from fedgan.results import SUMMARY_FIELDS

@@ -1,0 +1,81 @@
+"""The `fedgan` command on bad input: one line naming the field and the fix, exit code 2, nothing written."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scenarios.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BAD_SCENARIOS = {
+    "unknown dataset": ('[data]\nname = "imagenet"\n', "data.name"),
+    "unknown aggregator": ('[training]\naggregator = "fedavg"\n', "training.aggregator"),
+    "alpha not positive": ('[partition]\nscheme = "dirichlet"\nalpha = 0\n', "partition.alpha"),
+    "more sites than items": (
+        '[data]\nname = "synthetic"\nnum-train = 20\nnum-test = 10\n[sites]\ncount = 50\n[partition]\nscheme = "iid"\n',
+        "sites.count",
+    ),
+    "missing data directory": ('[data]\nname = "fashion_mnist"\nroot = "/nonexistent/fmnist"\n', "data.root"),
+    "wrong type": ('[training]\nrounds = "many"\n', "training.rounds"),
+    "unknown key": ('[training]\nlearning-rate = 0.1\n', "training.learning-rate"),
+    "malformed toml": ("[training\nrounds = 3\n", "scenario"),
+    "per-class weights without labels": ('[training]\nsite-weights = "per_class"\n', "training.site-weights"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SCENARIOS))
+def test_bad_scenario_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
+    # Prepare
+    text, field = BAD_SCENARIOS[case]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+
+    # Execute
+    code = main(["run", str(path), "--out", str(out), "--engine", "inprocess", "--quiet"])
+
+    # Assert
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith(f"fedgan: error: {field}"), err
+    assert not out.exists()
+
+
+def test_missing_scenario_file_is_reported(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.toml"), "--quiet"]) == 2
+    assert "scenario" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    # Prepare: an earlier run's results in the output directory.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text('{"kept": true}')
+
+    # Execute
+    code = main(["run", str(ROOT / "scenarios" / "smoke.toml"), "--out", str(out), "--quiet"])
+
+    # Assert
+    assert code == 2 and "--out" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == '{"kept": true}'
+
+
+def test_console_command_has_no_traceback_on_bad_input(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[training]\naggregator = "nope"\n')
+    result = subprocess.run([sys.executable, "-m", "scenarios.cli", "run", str(path), "--quiet"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "training.aggregator" in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_validates(path):
+    from fedgan.scenario import load_scenario
+
+    scenario = load_scenario(path)
+    assert scenario.name == path.stem
