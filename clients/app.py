@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from fedgan import protocol as P
 from fedgan.engine import build_site, resolve_device
 from fedgan.scenario import scenario_from_dict
-from fedgan.site import Site
+from fedgan.site import Site, UnlearnStageOptions
 
 app = ClientApp()
 
@@ -49,9 +49,13 @@ def _partition_id(context: Context) -> int:
 @app.train(P.SETUP_ACTION)
 def setup(msg: Message, context: Context) -> Message:
     """Join the run: build this site from the scenario, keep its state, report its class counts."""
-    scenario_json = str(msg.content[P.CONFIG][P.SCENARIO_JSON])
+    config = msg.content[P.CONFIG]
+    scenario_json = str(config[P.SCENARIO_JSON])
     site_id = _partition_id(context)
     site = _site_for(scenario_json, site_id, fresh=True)  # round-0 state, whatever this worker ran before
+    forgotten = json.loads(str(config[P.FORGOTTEN_JSON])) if P.FORGOTTEN_JSON in config else {}
+    if str(site_id) in forgotten:  # a fresh federation without these items (the retrain baseline)
+        site.forget(np.asarray(forgotten[str(site_id)], dtype=np.int64))
     context.state[P.STATE_CONFIG] = ConfigRecord({P.SCENARIO_JSON: scenario_json, P.SITE_ID: site_id})
     context.state[P.STATE_SITE] = ConfigRecord({P.STATE_BYTES: site.state_bytes()})
     content = RecordDict({
@@ -64,14 +68,12 @@ def setup(msg: Message, context: Context) -> Message:
 @app.train(P.SCORE_ACTION)
 def score(msg: Message, context: Context) -> Message:
     """One round at this site: D step(s) on real vs the received batch; reply with logits and input gradients."""
-    config = context.state[P.STATE_CONFIG]
-    site = _site_for(str(config[P.SCENARIO_JSON]), int(config[P.SITE_ID]))
-    site.load_state_bytes(bytes(context.state[P.STATE_SITE][P.STATE_BYTES]))
+    site = _load_site(context)
     arrays = msg.content[P.ARRAYS]
     fake = torch.from_numpy(np.array(arrays[P.FAKE].numpy()))
     labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
     reply = site.score(fake, labels)
-    context.state[P.STATE_SITE] = ConfigRecord({P.STATE_BYTES: site.state_bytes()})
+    _save_site(context, site)
     content = RecordDict({
         P.ARRAYS: ArrayRecord({
             P.LOGITS: Array(reply.logits.numpy()),
@@ -80,3 +82,85 @@ def score(msg: Message, context: Context) -> Message:
         P.METRICS: MetricRecord({P.D_LOSS: reply.d_loss, P.D_REAL: reply.d_real, P.D_FAKE: reply.d_fake}),
     })
     return Message(content, reply_to=msg)
+
+
+# ---- forget requests: the site-side stages and bookkeeping (fedgan.site does the work) ----
+
+
+def _load_site(context: Context) -> Site:
+    config = context.state[P.STATE_CONFIG]
+    site = _site_for(str(config[P.SCENARIO_JSON]), int(config[P.SITE_ID]))
+    site.load_state_bytes(bytes(context.state[P.STATE_SITE][P.STATE_BYTES]))
+    return site
+
+
+def _save_site(context: Context, site: Site) -> None:
+    context.state[P.STATE_SITE] = ConfigRecord({P.STATE_BYTES: site.state_bytes()})
+
+
+def _ids(arrays: ArrayRecord, key: str) -> np.ndarray:
+    return np.array(arrays[key].numpy(), dtype=np.int64)
+
+
+def _empty_reply(msg: Message) -> Message:
+    return Message(RecordDict({P.METRICS: MetricRecord({})}), reply_to=msg)
+
+
+@app.train(P.action(P.SNAPSHOT))
+def snapshot(msg: Message, context: Context) -> Message:
+    """Keep a copy of this site's state under a tag (at the site)."""
+    tag = str(msg.content[P.CONFIG][P.TAG])
+    context.state[P.STATE_SNAPSHOT_PREFIX + tag] = ConfigRecord(
+        {P.STATE_BYTES: bytes(context.state[P.STATE_SITE][P.STATE_BYTES])})
+    return _empty_reply(msg)
+
+
+@app.train(P.action(P.RESTORE))
+def restore(msg: Message, context: Context) -> Message:
+    """Return to the state kept under a tag."""
+    tag = str(msg.content[P.CONFIG][P.TAG])
+    context.state[P.STATE_SITE] = ConfigRecord(
+        {P.STATE_BYTES: bytes(context.state[P.STATE_SNAPSHOT_PREFIX + tag][P.STATE_BYTES])})
+    return _empty_reply(msg)
+
+
+@app.train(P.action(P.EXCLUDE))
+def exclude(msg: Message, context: Context) -> Message:
+    """Keep the named items out of the real stream (substituted by retained items)."""
+    site = _load_site(context)
+    site.exclude(_ids(msg.content[P.ARRAYS], P.IDS))
+    _save_site(context, site)
+    return _empty_reply(msg)
+
+
+@app.train(P.action(P.FORGET))
+def forget(msg: Message, context: Context) -> Message:
+    """Delete the named items from this site's shard for good."""
+    site = _load_site(context)
+    site.forget(_ids(msg.content[P.ARRAYS], P.IDS))
+    _save_site(context, site)
+    return _empty_reply(msg)
+
+
+@app.train(P.action(P.UNLEARN))
+def unlearn(msg: Message, context: Context) -> Message:
+    """One site-side unlearning stage; reply with its statistics."""
+    site = _load_site(context)
+    arrays = msg.content[P.ARRAYS]
+    fake = torch.from_numpy(np.array(arrays[P.FAKE].numpy()))
+    labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
+    options = UnlearnStageOptions(**json.loads(str(msg.content[P.CONFIG][P.STAGE_JSON])))
+    stats = site.unlearn_stage(fake, labels, _ids(arrays, P.FORGET_IDS), options)
+    _save_site(context, site)
+    return Message(RecordDict({P.METRICS: MetricRecord(stats)}), reply_to=msg)
+
+
+@app.train(P.action(P.SCORES))
+def scores(msg: Message, context: Context) -> Message:
+    """D's logits on the images sent (the simulator's membership-inference measurement; never training)."""
+    site = _load_site(context)
+    arrays = msg.content[P.ARRAYS]
+    images = torch.from_numpy(np.array(arrays[P.IMAGES].numpy()))
+    labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
+    logits = site.image_scores(images, labels)
+    return Message(RecordDict({P.ARRAYS: ArrayRecord({P.LOGITS: Array(logits.numpy())})}), reply_to=msg)

@@ -22,7 +22,7 @@ import torch
 from fedgan.datasets import DatasetSplits, ImageDataset, load_dataset
 from fedgan.partition import partition_dataset
 from fedgan.scenario import Scenario
-from fedgan.site import Site, SiteOptions, SiteReply
+from fedgan.site import Site, SiteOptions, SiteReply, UnlearnStageOptions
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,51 @@ class Traffic:
     bytes_up: int = 0
 
 
+@dataclass(frozen=True)
+class StageOrder:
+    """What the server asks of one site for one unlearning stage (see `Site.unlearn_stage`)."""
+
+    forget_ids: np.ndarray
+    fake: torch.Tensor  # a synthetic batch from the current G, for the stage's BCE(D(x̂), 0) term
+    fake_labels: torch.Tensor | None
+    options: UnlearnStageOptions
+
+
+SiteIds = dict[int, np.ndarray]
+
+
 class SiteEngine(Protocol):
     """What the server loop needs from whatever runs the sites."""
 
     name: str
     traffic: Traffic
 
-    def open(self) -> list[SiteInfo]:
-        """Start (or reach) every site; return their infos ordered by site id."""
+    def open(self, forgotten: SiteIds | None = None) -> list[SiteInfo]:
+        """Start every site fresh (round 0), minus `forgotten` items; return their infos ordered by site id."""
+        ...
+
+    def snapshot(self, tag: str) -> None:
+        """Every site keeps a copy of its current state under `tag` (kept at the site)."""
+        ...
+
+    def restore(self, tag: str) -> None:
+        """Every site returns to the state it kept under `tag`."""
+        ...
+
+    def exclude(self, orders: SiteIds) -> None:
+        """Sites keep these items out of their real stream from now on (substitution by retained items)."""
+        ...
+
+    def unlearn(self, orders: dict[int, StageOrder]) -> dict[int, dict[str, float]]:
+        """One unlearning stage at each named site (concurrently where the engine can); their statistics."""
+        ...
+
+    def forget(self, orders: SiteIds) -> None:
+        """Sites delete these items from their shards for good."""
+        ...
+
+    def scores(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The site's D logits on images the simulator's attacker sends (membership inference, a measurement)."""
         ...
 
     def score(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
@@ -134,10 +171,39 @@ class InProcessEngine:
         self.device = resolve_device(scenario.engine.device) if device is None else torch.device(device)
         self.sites: list[Site] = []
         self.traffic = Traffic()
+        self._snapshots: dict[str, dict[int, bytes]] = {}  # kept across `open`: a retrain must not erase them
 
-    def open(self) -> list[SiteInfo]:
+    def open(self, forgotten: SiteIds | None = None) -> list[SiteInfo]:
         self.sites = [build_site(self.scenario, j, self.device) for j in range(self.scenario.sites.count)]
+        for site_id, ids in (forgotten or {}).items():
+            self.sites[site_id].forget(np.asarray(ids, dtype=np.int64))
         return [SiteInfo(site.site_id, site.class_counts()) for site in self.sites]
+
+    def snapshot(self, tag: str) -> None:
+        self._snapshots[tag] = {site.site_id: site.state_bytes() for site in self.sites}
+
+    def restore(self, tag: str) -> None:
+        for site in self.sites:
+            site.load_state_bytes(self._snapshots[tag][site.site_id])
+
+    def exclude(self, orders: SiteIds) -> None:
+        for site_id, ids in orders.items():
+            self.sites[site_id].exclude(ids)
+
+    def unlearn(self, orders: dict[int, StageOrder]) -> dict[int, dict[str, float]]:
+        stats = {}
+        for site_id, order in orders.items():
+            stats[site_id] = self.sites[site_id].unlearn_stage(order.fake, order.fake_labels, order.forget_ids,
+                                                               order.options)
+            self.traffic.bytes_down += payload_bytes(order.fake, order.fake_labels)
+        return stats
+
+    def forget(self, orders: SiteIds) -> None:
+        for site_id, ids in orders.items():
+            self.sites[site_id].forget(ids)
+
+    def scores(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return self.sites[site_id].image_scores(images, labels)
 
     def score(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
         replies: dict[int, SiteReply] = {}

@@ -21,6 +21,7 @@ from fedgan.evaluation.metrics import evaluate_generator_samples
 from fedgan.federation import GeneratorServer, RoundRecord
 from fedgan.results import RunRecorder
 from fedgan.scenario import Scenario
+from fedgan.unlearning.orchestrator import ForgetService
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
@@ -82,6 +83,7 @@ def run_experiment(
     server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, device)
     recorder = RunRecorder(out_dir, scenario)
     recorder.start(splits, evaluator, sites)
+    forget_service = ForgetService(scenario, splits, evaluator, out_dir, log=recorder.log)
     e = scenario.evaluation
     train_seconds = 0.0
 
@@ -95,6 +97,10 @@ def run_experiment(
             recorder.log({"kind": "evaluation", "round": server.round, **metrics})
             recorder.save_grid(*grid_samples(server, e.grid_per_class), f"samples_round_{server.round:05d}.png")
             line |= {"fid_lenet": metrics["fid_lenet"]}
+        # ---------------- forget requests due after this round (schedule + inbox) ----------------
+        requests = forget_service.due(server.round)
+        if requests:
+            forget_service.serve(server, engine, requests)
         if progress is not None:
             progress(server.round, scenario.training.rounds, line)
 
@@ -104,6 +110,7 @@ def run_experiment(
     recorder.save_checkpoint(server, engine)
     summary = recorder.finish(
         final=final,
+        unlearning=forget_service.results,
         engine=engine,
         wall_seconds=time.perf_counter() - started,
         train_seconds=train_seconds,

@@ -11,8 +11,24 @@ weight, never a real image.
 SETUP = "train.setup"  # server -> site: scenario JSON; reply: site id and class counts
 SCORE = "train.score"  # server -> site: synthetic batch; reply: logits and input gradients
 
-SETUP_ACTION = SETUP.split(".", 1)[1]
-SCORE_ACTION = SCORE.split(".", 1)[1]
+# Forget requests (issue 8): site-side stages and bookkeeping. SCORES is a measurement channel of the simulator's
+# membership-inference attacker: candidate images go down (forgotten, retained and non-member candidates, which the
+# attacker is assumed to hold) and the site's D logits come back. It is never used by training.
+SNAPSHOT = "train.snapshot"  # config: tag; the site copies its state under the tag (kept at the site)
+RESTORE = "train.restore"  # config: tag; the site returns to that copy
+EXCLUDE = "train.exclude"  # arrays: ids; the site keeps them out of its real stream (substitution)
+UNLEARN = "train.unlearn"  # arrays: fake [+ labels], forget ids; config: stage options (JSON); reply: statistics
+FORGET = "train.forget"  # arrays: ids; the site deletes them from its shard
+SCORES = "train.scores"  # arrays: images [+ labels]; reply: the site's D logits on them (attack measurement)
+
+
+def action(message_type: str) -> str:
+    """The action part of ``category.action`` (what a ClientApp handler is registered under)."""
+    return message_type.split(".", 1)[1]
+
+
+SETUP_ACTION = action(SETUP)
+SCORE_ACTION = action(SCORE)
 
 # Record names inside a message's RecordDict.
 CONFIG = "config"  # ConfigRecord
@@ -29,11 +45,18 @@ LABELS = "labels"
 LOGITS = "logits"
 INPUT_GRADS = "input-grads"
 D_LOSS, D_REAL, D_FAKE = "d-loss", "d-real", "d-fake"
+FORGOTTEN_JSON = "forgotten"  # SETUP: {site id: [ids]} items a fresh site starts without (retrain from scratch)
+TAG = "tag"
+IDS = "ids"
+FORGET_IDS = "forget-ids"
+IMAGES = "images"
+STAGE_JSON = "stage"
 
 # Keys a site keeps in its Flower Context.state between messages (never sent to the server).
 STATE_CONFIG = "fedgan.config"
 STATE_SITE = "fedgan.site"
 STATE_BYTES = "state"
+STATE_SNAPSHOT_PREFIX = "fedgan.snapshot."
 
 DOWN_ARRAY_KEYS = frozenset({FAKE, LABELS})
 UP_ARRAY_KEYS = frozenset({LOGITS, INPUT_GRADS, CLASS_COUNTS})

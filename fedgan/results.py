@@ -40,18 +40,25 @@ def scenario_to_toml(scenario: Scenario) -> str:
     lines = [f"# resolved scenario written by fedgan {__version__}"]
     for key in ("name", "seed", "description"):
         lines.append(f"{key} = {_toml_value(data.pop(key))}")
+    requests = data.pop("forget", [])
     for section, table in data.items():
         lines.append(f"\n[{section}]")
         options = table.pop("options", {}) if isinstance(table, dict) else {}
         for key, value in {**table, **options}.items():
             if value is not None:
                 lines.append(f"{key.replace('_', '-')} = {_toml_value(value)}")
+    for request in requests:
+        lines.append("\n[[forget]]")
+        lines += [f"{key.replace('_', '-')} = {_toml_value(value)}" for key, value in request.items()
+                  if value is not None]
     return "\n".join(lines) + "\n"
 
 
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
@@ -101,7 +108,7 @@ class RunRecorder:
         )
 
     def finish(self, *, final: dict[str, Any], engine: SiteEngine, wall_seconds: float, train_seconds: float,
-               rounds: int) -> dict[str, Any]:
+               rounds: int, unlearning: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Write curves.png and summary.json; return the summary."""
         plot_training_curves(self.records, self.out / "curves.png")
         t = self.scenario.training
@@ -122,5 +129,42 @@ class RunRecorder:
             "seed": self.scenario.seed,
             "fedgan_version": __version__,
         }
+        if unlearning:
+            summary["unlearning"] = unlearning
+            atomic_write_text(self.out / "unlearning.md", unlearning_report(unlearning))
         atomic_write_json(self.out / "summary.json", summary)
         return summary
+
+
+REPORT_METRICS = ("forget_class_rate", "fid_lenet_retained", "downstream_accuracy", "mia_auc_forget_vs_nonmember",
+                  "mia_auc_member_vs_nonmember")
+
+
+def _cell(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def unlearning_report(entries: list[dict[str, Any]]) -> str:
+    """A readable Markdown report of every forget request: each metric before, after, for retrain; cost."""
+    lines = ["# Forget requests", "",
+             "Each metric: before unlearning → after this method (retrain's value; gap to retrain).", ""]
+    for entry in entries:
+        request = entry["request"]
+        what = f"items ({len(request['items'])})" if "items" in request else f"class {request['class']}"
+        where = " at every holder" if request.get("everywhere") else ""
+        lines.append(f"## {request['request_id']}: site {request['site']} forgets {what}{where} — `{entry['method']}`")
+        lines.append("")
+        lines.append("| metric | before | after | retrain | gap |")
+        lines.append("|---|---|---|---|---|")
+        for key in REPORT_METRICS:
+            if key in entry:
+                m = entry[key]
+                lines.append(f"| {key} | {_cell(m['before'])} | {_cell(m['after'])} | {_cell(m['retrain'])} "
+                             f"| {_cell(m['gap_to_retrain'])} |")
+        cost = f"{entry['seconds']:.1f} s, {entry['rounds']} generator rounds, {entry['bytes'] / 2**20:.1f} MiB"
+        if "speedup_vs_retrain" in entry:
+            cost += (f"; retrain {entry['retrain_seconds']:.1f} s, {entry['retrain_rounds']} rounds: speed-up "
+                     f"{entry['speedup_vs_retrain']:.1f}× in seconds, "
+                     f"{entry['speedup_rounds_vs_retrain']:.1f}× in rounds")
+        lines += ["", f"Cost: {cost}.", ""]
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgan.errors import ScenarioError
+from fedgan.forget import ForgetRequest
 from fedgan.models import ModelSpec
 
 ENGINES = ("flower", "inprocess")
@@ -95,6 +96,33 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class UnlearningConfig:
+    """The [unlearning] table: which methods serve forget requests, and the cascade's knobs (ALGORITHMS.md §5).
+
+    One stage = `stage_d_steps` D steps at each requesting site, then `stage_g_rounds` normal UA rounds of G.
+    `fake_label` is y_fake, a number in [0, 1] or ``"generated"`` (mean D on the stage's synthetic batch).
+    `drop_class_weight`: for class requests, the server zeroes the requesting sites' weights for the class
+    (w_s(c) -> 0) before the cascade instead of after it. The first method listed (other than retrain) is the one
+    the federation continues from; `retrain` is the gold standard every other method is compared with.
+    """
+
+    methods: tuple[str, ...] = ("cascaded", "retrain")
+    stages: int = 5
+    stage_d_steps: int = 20
+    stage_g_rounds: int = 10
+    weight: float = 1.0
+    fake_label: Any = 0.0
+    relearn_rounds: int = 10
+    noise_steps: int = 40
+    impair_lr_scale: float = 10.0
+    drop_class_weight: bool = False
+    mia_size: int = 64
+    eval_samples: int = 2000
+    downstream_samples: int = 3000
+    downstream_epochs: int = 2
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole experiment. `to_dict()` gives the resolved form written into every run directory."""
 
@@ -109,10 +137,15 @@ class Scenario:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
+    forget: tuple[ForgetRequest, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved scenario as plain data (JSON/TOML-serialisable)."""
-        return dataclasses.asdict(self)
+        """The resolved scenario as plain data (JSON/TOML-serialisable); `scenario_from_dict` reads it back."""
+        data = {f.name: dataclasses.asdict(getattr(self, f.name)) if f.name in _SECTIONS else getattr(self, f.name)
+                for f in dataclasses.fields(self)}
+        data["forget"] = [request.to_dict() for request in self.forget]
+        return data
 
     def to_json(self) -> str:
         """Canonical JSON of the resolved scenario (sent to sites, hashed for caches)."""
@@ -130,6 +163,7 @@ _OPTION_TABLES = {"data": ("name", "root"), "partition": ("scheme",)}
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "sites": SitesConfig, "partition": PartitionConfig, "model": ModelSpec,
     "training": TrainingConfig, "evaluation": EvaluationConfig, "engine": EngineConfig, "compare": CompareConfig,
+    "unlearning": UnlearningConfig,
 }
 
 
@@ -205,8 +239,12 @@ def scenario_from_dict(raw: dict[str, Any]) -> Scenario:
             top[attr] = _coerce(value, str, key)
         elif attr == "seed":
             top[attr] = _coerce(value, int, key)
+        elif attr == "forget":
+            if not isinstance(value, list):
+                raise ScenarioError("forget", f"got {value!r}", "write each request as a [[forget]] table")
+            top[attr] = tuple(ForgetRequest.from_dict(item, f"forget[{i}]") for i, item in enumerate(value))
         else:
-            valid = ", ".join(["name", "seed", "description", *sorted(_SECTIONS)])
+            valid = ", ".join(["name", "seed", "description", "forget", *sorted(_SECTIONS)])
             raise ScenarioError(key, "unknown top-level key", f"valid top-level keys and tables: {valid}")
     scenario = Scenario(**top)
     validate(scenario)
@@ -284,6 +322,37 @@ def validate(s: Scenario) -> None:
     for name in s.compare.aggregators:
         _one_of(name, AGGREGATORS, "compare.aggregators")
     _validate_partition_options(s)
+    _validate_unlearning(s)
+
+
+def _validate_unlearning(s: Scenario) -> None:
+    """The [unlearning] table and the [[forget]] schedule (items are checked against the shards when served)."""
+    from fedgan.unlearning import METHODS
+
+    u = s.unlearning
+    _require(len(u.methods) >= 1, "unlearning.methods", "got an empty list", 'name at least one, e.g. ["cascaded"]')
+    for name in u.methods:
+        _one_of(name, METHODS, "unlearning.methods")
+    for key in ("stages", "stage_d_steps", "mia_size", "eval_samples", "downstream_samples", "downstream_epochs"):
+        value = getattr(u, key)
+        _require(value >= 1, f"unlearning.{_toml_key(key)}", f"got {value}", "use a positive integer")
+    for key in ("stage_g_rounds", "relearn_rounds", "noise_steps"):
+        value = getattr(u, key)
+        _require(value >= 0, f"unlearning.{_toml_key(key)}", f"got {value}", "use 0 or a positive integer")
+    _require(u.weight >= 0, "unlearning.weight", f"got {u.weight}", "use a non-negative weight (λ)")
+    _require(u.impair_lr_scale > 0, "unlearning.impair-lr-scale", f"got {u.impair_lr_scale}", "use a positive factor")
+    label = u.fake_label
+    numeric = isinstance(label, (int, float)) and not isinstance(label, bool)
+    _require((numeric and 0 <= label <= 1) or label == "generated", "unlearning.fake-label", f"got {label!r}",
+             'use a number in [0, 1] or "generated"')
+    for i, request in enumerate(s.forget):
+        _require(request.round is not None, f"forget[{i}].round", "missing",
+                 "give the round after which the request is served (round = R)")
+        _require(request.site < s.sites.count, f"forget[{i}].site", f"got {request.site}",
+                 f"name a site in 0..{s.sites.count - 1}")
+        if request.round is not None:
+            _require(request.round <= s.training.rounds, f"forget[{i}].round", f"got {request.round}",
+                     f"use a round in 1..{s.training.rounds} (training.rounds)")
 
 
 def _validate_partition_options(s: Scenario) -> None:

@@ -32,6 +32,25 @@ class SiteOptions:
     r1_gamma: float = 0.0
 
 
+@dataclass(frozen=True)
+class UnlearnStageOptions:
+    """One site-side unlearning stage (ALGORITHMS.md §5 step (b), and the `noise` / `uniform` baselines).
+
+    kind ``fake_label``: `steps` D steps on BCE(D(x_retain), 1) + BCE(D(x̂), 0) + λ·BCE(D(x_forget), y_fake), where
+    y_fake is `fake_label` (a number) or, for ``"generated"``, the mean D(x̂) on the stage's synthetic batch.
+    kind ``noise`` (UNSIR adapted, ALGORITHMS.md §6): error-maximising noise for the forget items' labels, then
+    `steps` impair steps (noise labelled real, at `impair_lr_scale` × the site's lr) and `steps` repair steps on
+    retained data only.
+    """
+
+    kind: str = "fake_label"
+    steps: int = 20
+    weight: float = 1.0
+    fake_label: float | str = 0.0
+    noise_steps: int = 40
+    impair_lr_scale: float = 10.0
+
+
 @dataclass
 class SiteReply:
     """What a site sends back for one synthetic batch of B images."""
@@ -67,8 +86,54 @@ class Site:
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=options.lr, betas=options.betas)
         self.rng = torch_generator(seed, "site", site_id, "batches")
         self.steps = 0
+        self.forgotten: set[int] = set()  # ids deleted from the shard (only their ids remain, as in the ledger)
+        self.excluded: set[int] = set()  # ids held but kept out of the real stream (substituted) while unlearning
+        # The partition's shard: the simulator's data source, from which the site's current shard (minus forgotten
+        # items) is derived. What a site persists is only the forgotten ids (`state_dict`), never the items.
+        self._partition_shard = shard
+        self._set_shard(shard)
+
+    def _set_shard(self, shard: ImageDataset) -> None:
+        self.shard = shard
         self._images = shard.float_images().to(self.device)  # decoded once; the shard stays on this site
         self._labels = shard.labels.to(self.device)
+        self._ids = shard.ids.numpy()
+        self._refresh_active()
+
+    def _refresh_active(self) -> None:
+        """Positions the real stream samples from: the shard minus excluded items (ALGORITHMS.md §5 substitution)."""
+        keep = ~np.isin(self._ids, np.fromiter(self.excluded, dtype=np.int64, count=len(self.excluded)))
+        self._active = torch.from_numpy(np.flatnonzero(keep)).to(self.device)
+        if len(self._active) == 0:
+            raise ValueError(f"site {self.site_id}: nothing left to train on after excluding {len(self.excluded)} "
+                             "items")
+
+    # ---- forgetting: which items the site still uses and holds ----
+    def positions_of(self, ids: np.ndarray) -> np.ndarray:
+        """Positions in the current shard of the given global ids (KeyError naming the first missing id)."""
+        index = {int(i): p for p, i in enumerate(self._ids)}
+        missing = [int(i) for i in ids if int(i) not in index]
+        if missing:
+            raise KeyError(f"site {self.site_id} does not hold item {missing[0]}")
+        return np.asarray([index[int(i)] for i in ids], dtype=np.int64)
+
+    def exclude(self, ids: np.ndarray) -> None:
+        """Keep `ids` out of the real stream from now on: retained items of this site take their place."""
+        self.positions_of(ids)
+        self.excluded |= {int(i) for i in ids}
+        self._refresh_active()
+
+    def forget(self, ids: np.ndarray) -> None:
+        """Delete `ids` from the shard for good; only the ids are kept (to rebuild the shard after a restart)."""
+        ids_set = {int(i) for i in ids}
+        self.excluded -= ids_set
+        self._apply_forgotten(self.forgotten | ids_set)
+
+    def _apply_forgotten(self, forgotten: set[int]) -> None:
+        self.forgotten = set(forgotten)
+        all_ids = self._partition_shard.ids.numpy()
+        keep = np.flatnonzero(~np.isin(all_ids, np.asarray(sorted(forgotten), dtype=np.int64)))
+        self._set_shard(self._partition_shard.subset(torch.from_numpy(keep)))
 
     # ---- what the server may learn about a site: sizes only ----
     def class_counts(self) -> np.ndarray:
@@ -87,7 +152,8 @@ class Site:
         return SiteReply(logits.cpu(), input_grads.cpu(), *stats)
 
     def _sample_real(self, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        index = torch.randint(len(self.shard), (batch,), generator=self.rng).to(self.device)
+        pick = torch.randint(len(self._active), (batch,), generator=self.rng).to(self.device)
+        index = self._active[pick]
         return self._images[index], (self._labels[index] if self.conditional else None)
 
     def _discriminator_step(self, fake: torch.Tensor, fake_labels: torch.Tensor | None) -> tuple[float, float, float]:
@@ -120,6 +186,108 @@ class Site:
         (input_grads,) = torch.autograd.grad(logits.sum(), x)
         return logits.detach(), input_grads
 
+    # ---- unlearning: the site-side stage of a forget request ----
+    def unlearn_stage(
+        self, fake: torch.Tensor, fake_labels: torch.Tensor | None, forget_ids: np.ndarray,
+        options: UnlearnStageOptions,
+    ) -> dict[str, float]:
+        """Run one site-side unlearning stage on the items `forget_ids` (still held, excluded from the real stream)."""
+        fake = fake.to(self.device, torch.float32)
+        fake_labels = fake_labels.to(self.device) if (fake_labels is not None and self.conditional) else None
+        forget_pos = torch.from_numpy(self.positions_of(forget_ids)).to(self.device)
+        before = self._mean_probability(forget_pos)
+        if options.kind == "noise":
+            target = self._noise_stage(fake, fake_labels, forget_pos, options)
+        elif options.kind == "fake_label":
+            target = self._fake_label_stage(fake, fake_labels, forget_pos, options)
+        else:
+            raise KeyError(f"unknown unlearning stage kind {options.kind!r}")
+        return {"d_forget_before": before, "d_forget_after": self._mean_probability(forget_pos),
+                "fake_label": target, "steps": float(options.steps)}
+
+    @torch.no_grad()
+    def _mean_probability(self, positions: torch.Tensor) -> float:
+        labels = self._labels[positions] if self.conditional else None
+        return float(torch.sigmoid(self.discriminator(self._images[positions], labels)).mean())
+
+    def _sample_forget(self, forget_pos: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pick = torch.randint(len(forget_pos), (min(batch, len(forget_pos)),), generator=self.rng).to(self.device)
+        index = forget_pos[pick]
+        return self._images[index], (self._labels[index] if self.conditional else None)
+
+    def _fake_label_stage(self, fake, fake_labels, forget_pos, options: UnlearnStageOptions) -> float:
+        D = self.discriminator
+        if options.fake_label == "generated":  # the soft label: how real D finds G's current samples
+            with torch.no_grad():
+                target = float(torch.sigmoid(D(fake, fake_labels)).mean())
+        else:
+            target = float(options.fake_label)
+        for _ in range(options.steps):
+            real, real_labels = self._sample_real(self.options.batch_size)
+            forget, forget_labels = self._sample_forget(forget_pos, self.options.batch_size)
+            self.optimizer.zero_grad(set_to_none=True)
+            forget_logits = D(forget, forget_labels)
+            loss = (F.softplus(-D(real, real_labels)).mean() + F.softplus(D(fake, fake_labels)).mean()
+                    + options.weight * F.binary_cross_entropy_with_logits(
+                        forget_logits, torch.full_like(forget_logits, target)))
+            loss.backward()
+            self.optimizer.step()
+            self.steps += 1
+        return target
+
+    def _noise_stage(self, fake, fake_labels, forget_pos, options: UnlearnStageOptions) -> float:
+        D = self.discriminator
+        noise, noise_labels = self._error_maximising_noise(forget_pos, options.noise_steps)
+        impair = torch.optim.Adam(D.parameters(), lr=self.options.lr * options.impair_lr_scale,
+                                  betas=self.options.betas)
+        for phase, optimizer in (("impair", impair), ("repair", self.optimizer)):
+            for _ in range(options.steps):
+                real, real_labels = self._sample_real(self.options.batch_size)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.softplus(-D(real, real_labels)).mean() + F.softplus(D(fake, fake_labels)).mean()
+                if phase == "impair":  # noise that D finds maximally fake for these labels, presented as real
+                    loss = loss + options.weight * F.softplus(-D(noise, noise_labels)).mean()
+                loss.backward()
+                optimizer.step()
+                self.steps += 1
+        return 1.0
+
+    def _error_maximising_noise(self, forget_pos: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """UNSIR's noise, per forget label: maximise D's 'real' loss with D frozen, plus a small L2 penalty (λ=0.1)."""
+        _, labels = self._sample_forget(forget_pos, self.options.batch_size)
+        count = len(labels) if labels is not None else min(self.options.batch_size, len(forget_pos))
+        shape = (count, *self.shard.image_shape)
+        noise = torch.randn(shape, generator=self.rng).to(self.device).requires_grad_(True)
+        optimizer = torch.optim.Adam([noise], lr=0.1)
+        for parameter in self.discriminator.parameters():
+            parameter.requires_grad_(False)
+        try:
+            for _ in range(steps):
+                optimizer.zero_grad(set_to_none=True)
+                logits = self.discriminator(noise, labels)
+                loss = -F.softplus(-logits).mean() + 0.1 * noise.pow(2).flatten(1).sum(1).mean()
+                loss.backward()
+                optimizer.step()
+        finally:
+            for parameter in self.discriminator.parameters():
+                parameter.requires_grad_(True)
+        return noise.detach(), labels
+
+    # ---- measurement: the white-box membership score (LOGAN) is D's logit ----
+    @torch.no_grad()
+    def image_scores(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """D's logits on candidate images sent by the simulator's attacker (a measurement, never training)."""
+        labels = labels.to(self.device) if (labels is not None and self.conditional) else None
+        return self.discriminator(images.to(self.device), labels).cpu()
+
+    def held_ids(self) -> np.ndarray:
+        """Global ids this site holds now (after forgetting)."""
+        return self._ids.copy()
+
+    def held_labels(self) -> np.ndarray:
+        """Labels of `held_ids`, same order."""
+        return self.shard.labels.numpy().copy()
+
     # ---- persistence: everything a site needs to resume (kept in Flower's Context or a checkpoint) ----
     def state_dict(self) -> dict[str, Any]:
         """D's weights, its optimizer, the batch RNG and the step count."""
@@ -128,6 +296,8 @@ class Site:
             "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.get_state(),
             "steps": self.steps,
+            "forgotten": torch.tensor(sorted(self.forgotten), dtype=torch.int64),
+            "excluded": torch.tensor(sorted(self.excluded), dtype=torch.int64),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -136,6 +306,12 @@ class Site:
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.set_state(state["rng"])
         self.steps = int(state["steps"])
+        self.excluded = {int(i) for i in state.get("excluded", torch.empty(0)).tolist()}
+        forgotten = {int(i) for i in state.get("forgotten", torch.empty(0)).tolist()}
+        if forgotten != self.forgotten:
+            self._apply_forgotten(forgotten)
+        else:
+            self._refresh_active()
 
     def state_bytes(self) -> bytes:
         """`state_dict` serialised with torch.save (exact: float32 bits and RNG state round-trip)."""

@@ -1,4 +1,4 @@
-"""The `fedgan` command: `fedgan run SCENARIO [--out DIR]`, `fedgan check SCENARIO`.
+"""The `fedgan` command: `fedgan run SCENARIO [--out DIR]`, `fedgan check SCENARIO`, `fedgan forget --run DIR ...`.
 
 Bad input (a scenario, a data path, an output directory) ends in one line naming the field and the fix, exit
 code 2, no traceback, and nothing written.
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgan.errors import FedganError
+from scenarios.forget_cli import add_forget_parser, cmd_forget
 
 EXIT_BAD_INPUT = 2
 
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     check = commands.add_parser("check", help="validate a scenario and its data without training")
     check.add_argument("scenario")
+    add_forget_parser(commands)
     return parser
 
 
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fedgan` console command."""
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "check": cmd_check}[args.command](args)
+        return {"run": cmd_run, "check": cmd_check, "forget": cmd_forget}[args.command](args)
     except FedganError as error:
         print(f"fedgan: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -4,7 +4,9 @@ Translation only: the round loop is `fedgan.federation`, the site's work is `fed
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -15,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedgan import protocol as P
-from fedgan.engine import SiteInfo, Traffic
+from fedgan.engine import SiteIds, SiteInfo, StageOrder, Traffic
 from fedgan.scenario import Scenario
 from fedgan.site import SiteReply
 
@@ -60,11 +62,14 @@ class FlowerEngine:
                 )
             time.sleep(0.2)
 
-    def open(self) -> list[SiteInfo]:
+    def open(self, forgotten: SiteIds | None = None) -> list[SiteInfo]:
         nodes = self._wait_for_nodes()
-        scenario_json = self.scenario.to_json()
+        config = {P.SCENARIO_JSON: self.scenario.to_json()}
+        if forgotten:
+            config[P.FORGOTTEN_JSON] = json.dumps({str(s): np.asarray(ids).tolist() for s, ids in forgotten.items()})
+        self.node_of_site = {}
         messages = [
-            Message(RecordDict({P.CONFIG: ConfigRecord({P.SCENARIO_JSON: scenario_json})}),
+            Message(RecordDict({P.CONFIG: ConfigRecord(dict(config))}),
                     dst_node_id=node, message_type=P.SETUP, group_id="setup")
             for node in nodes
         ]
@@ -132,6 +137,69 @@ class FlowerEngine:
             else:
                 entry["records"][name] = sorted(record.keys())
         self.wire_log.append(entry)
+
+    # ---- forget requests ----
+    def _command(self, message_type: str, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
+        """Send one message per named site and return the replies; a failed site raises (bookkeeping must succeed)."""
+        site_of_node = {node: site for site, node in self.node_of_site.items()}
+        messages = []
+        for site, content in sorted(contents.items()):
+            messages.append(Message(content, dst_node_id=self.node_of_site[site], message_type=message_type,
+                                    group_id=message_type))
+            self.traffic.bytes_down += record_bytes(content.values())
+        replies: dict[int, RecordDict] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.scenario.engine.round_timeout):
+            site = site_of_node[reply.metadata.src_node_id]
+            if reply.has_error():
+                raise RuntimeError(f"site {site} failed {message_type}: {reply.error.reason}")
+            self.traffic.bytes_up += record_bytes(reply.content.values())
+            replies[site] = reply.content
+        missing = sorted(set(contents) - set(replies))
+        if missing:
+            raise RuntimeError(f"sites {missing} did not answer {message_type} within engine.round-timeout")
+        return replies
+
+    def _all_sites(self, message_type: str, config: dict[str, Any]) -> None:
+        self._command(message_type, {s: RecordDict({P.CONFIG: ConfigRecord(dict(config))}) for s in self.node_of_site})
+
+    def snapshot(self, tag: str) -> None:
+        self._all_sites(P.SNAPSHOT, {P.TAG: tag})
+
+    def restore(self, tag: str) -> None:
+        self._all_sites(P.RESTORE, {P.TAG: tag})
+
+    def _ids_command(self, message_type: str, orders: SiteIds) -> None:
+        self._command(message_type, {
+            site: RecordDict({P.ARRAYS: ArrayRecord({P.IDS: Array(np.asarray(ids, dtype=np.int64))})})
+            for site, ids in orders.items()
+        })
+
+    def exclude(self, orders: SiteIds) -> None:
+        self._ids_command(P.EXCLUDE, orders)
+
+    def forget(self, orders: SiteIds) -> None:
+        self._ids_command(P.FORGET, orders)
+
+    def unlearn(self, orders: dict[int, StageOrder]) -> dict[int, dict[str, float]]:
+        contents = {}
+        for site, order in orders.items():
+            arrays = {P.FAKE: Array(order.fake.numpy()), P.FORGET_IDS: Array(np.asarray(order.forget_ids, np.int64))}
+            if order.fake_labels is not None:
+                arrays[P.LABELS] = Array(order.fake_labels.numpy())
+            contents[site] = RecordDict({
+                P.ARRAYS: ArrayRecord(arrays),
+                P.CONFIG: ConfigRecord({P.STAGE_JSON: json.dumps(dataclasses.asdict(order.options))}),
+            })
+        # One send for all requesting sites: their stages run concurrently on the simulation's workers.
+        replies = self._command(P.UNLEARN, contents)
+        return {site: {k: float(v) for k, v in content[P.METRICS].items()} for site, content in replies.items()}
+
+    def scores(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        arrays = {P.IMAGES: Array(images.numpy())}
+        if labels is not None:
+            arrays[P.LABELS] = Array(labels.numpy())
+        reply = self._command(P.SCORES, {site_id: RecordDict({P.ARRAYS: ArrayRecord(arrays)})})[site_id]
+        return torch.from_numpy(np.array(reply[P.ARRAYS][P.LOGITS].numpy()))
 
     def site_states(self) -> None:
         """Site state lives in each site's Flower Context; the server cannot (and must not) read it."""
