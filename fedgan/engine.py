@@ -115,14 +115,26 @@ def site_options(scenario: Scenario) -> SiteOptions:
 
 
 def load_federation_data(scenario: Scenario) -> DatasetSplits:
-    """The scenario's dataset (cached per process: the sites of one worker share one copy)."""
+    """The scenario's dataset, `data.train-limit` applied (cached per process: a worker's sites share one copy)."""
     return _load_cached(json.dumps(dataclasses.asdict(scenario.data), sort_keys=True))
+
+
+def load_full_data(scenario: Scenario) -> DatasetSplits:
+    """The whole dataset, without `data.train-limit` (what the evaluator is trained on)."""
+    return _load_cached(json.dumps(dataclasses.asdict(dataclasses.replace(scenario.data, train_limit=None)),
+                                   sort_keys=True))
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(data_json: str) -> DatasetSplits:
     data = json.loads(data_json)
-    return load_dataset(data["name"], data["root"], **data["options"])
+    splits = load_dataset(data["name"], data["root"], **data["options"])
+    limit = data.get("train_limit")
+    if limit is not None and limit < len(splits.train):
+        # A seeded subset (fixed seed: the same items for every scenario seed), ids kept.
+        keep = np.sort(np.random.default_rng(0).choice(len(splits.train), size=limit, replace=False))
+        splits = dataclasses.replace(splits, train=splits.train.subset(torch.from_numpy(keep)))
+    return splits
 
 
 def site_positions(scenario: Scenario) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fedgan.datasets import DatasetSplits
-from fedgan.engine import SiteEngine, load_federation_data, resolve_device, site_positions
+from fedgan.engine import SiteEngine, load_federation_data, load_full_data, resolve_device, site_positions
 from fedgan.evaluation.classifier import Evaluator, load_or_train_evaluator
 from fedgan.evaluation.metrics import evaluate_generator_samples
 from fedgan.federation import GeneratorServer, RoundRecord
@@ -30,7 +30,7 @@ def prepare(scenario: Scenario) -> tuple[DatasetSplits, Evaluator]:
     """Load the data, check the partition, and get the evaluator: everything that can fail on bad input."""
     splits = load_federation_data(scenario)
     site_positions(scenario)  # raises on a contradictory partition before anything is written
-    evaluator = evaluator_for(scenario, splits)
+    evaluator = evaluator_for(scenario, load_full_data(scenario))
     return splits, evaluator
 
 

@@ -31,6 +31,7 @@ class DataConfig:
 
     name: str = "fashion_mnist"
     root: str | None = None
+    train_limit: int | None = None  # keep a seeded random subset of this many training items (small shards)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -159,7 +160,7 @@ class Scenario:
 
 
 # Tables whose free-form keys are passed on to a registry entry (loader or partitioner options).
-_OPTION_TABLES = {"data": ("name", "root"), "partition": ("scheme",)}
+_OPTION_TABLES = {"data": ("name", "root", "train_limit"), "partition": ("scheme",)}
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "sites": SitesConfig, "partition": PartitionConfig, "model": ModelSpec,
     "training": TrainingConfig, "evaluation": EvaluationConfig, "engine": EngineConfig, "compare": CompareConfig,
@@ -286,6 +287,8 @@ def validate(s: Scenario) -> None:
 
     _require(s.seed >= 0, "seed", f"got {s.seed}", "use a non-negative integer")
     _require(s.sites.count >= 1, "sites.count", f"got {s.sites.count}", "use at least 1 site")
+    limit = s.data.train_limit
+    _require(limit is None or limit >= 1, "data.train-limit", f"got {limit}", "use a positive number of items")
     _one_of(s.model.architecture, ARCHITECTURES, "model.architecture")
     _require(s.model.latent_dim >= 1, "model.latent-dim", f"got {s.model.latent_dim}", "use a positive integer")
     _require(s.model.width >= 4, "model.width", f"got {s.model.width}", "use an integer of at least 4")

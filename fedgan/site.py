@@ -104,9 +104,11 @@ class Site:
         """Positions the real stream samples from: the shard minus excluded items (ALGORITHMS.md §5 substitution)."""
         keep = ~np.isin(self._ids, np.fromiter(self.excluded, dtype=np.int64, count=len(self.excluded)))
         self._active = torch.from_numpy(np.flatnonzero(keep)).to(self.device)
-        if len(self._active) == 0:
-            raise ValueError(f"site {self.site_id}: nothing left to train on after excluding {len(self.excluded)} "
-                             "items")
+
+    @property
+    def has_real(self) -> bool:
+        """Whether the real stream has any item (a site that forgot everything it held has none)."""
+        return len(self._active) > 0
 
     # ---- forgetting: which items the site still uses and holds ----
     def positions_of(self, ids: np.ndarray) -> np.ndarray:
@@ -146,12 +148,15 @@ class Site:
         fake = fake.to(self.device, torch.float32)
         labels = labels.to(self.device) if (labels is not None and self.conditional) else None
         stats = (0.0, 0.0, 0.0)
-        for _ in range(self.options.d_steps):
+        # A site left without items (it forgot all it held) has nothing to learn from; its aggregation weight is 0.
+        for _ in range(self.options.d_steps if self.has_real else 0):
             stats = self._discriminator_step(fake, labels)
         logits, input_grads = self._logits_and_input_grads(fake, labels)
         return SiteReply(logits.cpu(), input_grads.cpu(), *stats)
 
     def _sample_real(self, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.has_real:
+            raise ValueError(f"site {self.site_id} has no retained item to sample")
         pick = torch.randint(len(self._active), (batch,), generator=self.rng).to(self.device)
         index = self._active[pick]
         return self._images[index], (self._labels[index] if self.conditional else None)
@@ -223,17 +228,23 @@ class Site:
         else:
             target = float(options.fake_label)
         for _ in range(options.steps):
-            real, real_labels = self._sample_real(self.options.batch_size)
             forget, forget_labels = self._sample_forget(forget_pos, self.options.batch_size)
             self.optimizer.zero_grad(set_to_none=True)
             forget_logits = D(forget, forget_labels)
-            loss = (F.softplus(-D(real, real_labels)).mean() + F.softplus(D(fake, fake_labels)).mean()
+            loss = (self._retained_real_loss() + F.softplus(D(fake, fake_labels)).mean()
                     + options.weight * F.binary_cross_entropy_with_logits(
                         forget_logits, torch.full_like(forget_logits, target)))
             loss.backward()
             self.optimizer.step()
             self.steps += 1
         return target
+
+    def _retained_real_loss(self) -> torch.Tensor:
+        """BCE(D(x_retain), 1) on a retained batch; zero when the site retains nothing (the term drops out)."""
+        if not self.has_real:
+            return torch.zeros((), device=self.device)
+        real, real_labels = self._sample_real(self.options.batch_size)
+        return F.softplus(-self.discriminator(real, real_labels)).mean()
 
     def _noise_stage(self, fake, fake_labels, forget_pos, options: UnlearnStageOptions) -> float:
         D = self.discriminator
@@ -242,9 +253,8 @@ class Site:
                                   betas=self.options.betas)
         for phase, optimizer in (("impair", impair), ("repair", self.optimizer)):
             for _ in range(options.steps):
-                real, real_labels = self._sample_real(self.options.batch_size)
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.softplus(-D(real, real_labels)).mean() + F.softplus(D(fake, fake_labels)).mean()
+                loss = self._retained_real_loss() + F.softplus(D(fake, fake_labels)).mean()
                 if phase == "impair":  # noise that D finds maximally fake for these labels, presented as real
                     loss = loss + options.weight * F.softplus(-D(noise, noise_labels)).mean()
                 loss.backward()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedgan import protocol as P
-from fedgan.engine import build_site, load_federation_data
+from fedgan.engine import build_site, load_federation_data, site_positions
 from fedgan.results import SUMMARY_FIELDS
 from scenarios.runner import run_scenario
 from tests.conftest import tiny_scenario
@@ -26,9 +26,17 @@ def _round_lines(run_dir):
     return [line for line in lines if line["kind"] == "round"]
 
 
+FORGET = {"methods": ["cascaded", "retrain"], "stages": 2, "stage-d-steps": 2, "stage-g-rounds": 1,
+          "eval-samples": 64, "downstream-samples": 64, "downstream-epochs": 1, "mia-size": 8}
+
+
 @pytest.fixture(scope="module")
 def flower_and_inprocess(tmp_path_factory):
-    scenario = tiny_scenario(training={"rounds": 4}, engine={"name": "flower", "num-cpus": 1})
+    # Site 1 forgets five of its items after round 2 (cascaded and retrain), through every forget message type.
+    base = tiny_scenario()
+    items = [int(i) for i in load_federation_data(base).train.ids.numpy()[site_positions(base)[1][:5]]]
+    scenario = tiny_scenario(training={"rounds": 4}, engine={"name": "flower", "num-cpus": 1}, unlearning=FORGET,
+                             forget=[{"site": 1, "items": items, "round": 2}])
     out = tmp_path_factory.mktemp("runs")
     wire_log: list[dict] = []
     flower = run_scenario(scenario, out / "flower", wire_log=wire_log)
@@ -57,11 +65,22 @@ def test_flower_and_inprocess_engines_give_the_same_numbers(flower_and_inprocess
     assert flower["fid_lenet"] == pytest.approx(inprocess["fid_lenet"], rel=1e-3, abs=1e-3)
 
 
+def test_forget_request_gives_the_same_certificate_through_flower(flower_and_inprocess):
+    _, _, flower, inprocess, _ = flower_and_inprocess
+    (a,), (b,) = flower["unlearning"], inprocess["unlearning"]
+    assert a["request"] == b["request"] and a["rounds"] == b["rounds"]
+    for key in ("fid_lenet_retained", "mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember"):
+        for side in ("before", "after", "retrain"):
+            assert a[key][side] == pytest.approx(b[key][side], rel=1e-3, abs=1e-3), (key, side)
+
+
 def test_messages_carry_no_weights_and_no_real_images(flower_and_inprocess):
     scenario, _, _, _, wire_log = flower_and_inprocess
     batch = scenario.training.batch_size
     assert {entry["direction"] for entry in wire_log} == {"down", "up"}
     param_shapes = {tuple(p.shape) for p in build_site(scenario, 0).discriminator.state_dict().values()}
+    # The wire log covers the training protocol (SCORE messages). The forget-request measurement channel
+    # (SCORES: the simulated attacker's candidate images) is not training traffic and is documented as such.
     for entry in wire_log:
         arrays = entry["records"][P.ARRAYS]
         allowed = P.DOWN_ARRAY_KEYS if entry["direction"] == "down" else P.UP_ARRAY_KEYS

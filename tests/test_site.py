@@ -51,3 +51,31 @@ def test_class_counts_report_sizes_only():
     site = build_site(tiny_scenario(), 2)
     counts = site.class_counts()
     assert counts.sum() == len(site.shard) and counts.shape == (10,)
+
+
+def test_site_that_forgot_everything_still_answers_but_no_longer_trains():
+    # Prepare
+    site = build_site(tiny_scenario(), 0)
+    site.forget(site.held_ids())
+    before = {k: v.clone() for k, v in site.discriminator.state_dict().items()}
+
+    # Execute
+    reply = site.score(torch.rand(16, 1, 28, 28) * 2 - 1, None)
+
+    # Assert: an answer (its weight is zero at the server), no D step, and no item left.
+    assert reply.logits.shape == (16,) and site.class_counts().sum() == 0
+    for key, value in site.discriminator.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_forgotten_items_survive_a_state_round_trip_and_excluded_items_leave_the_real_stream():
+    scenario = tiny_scenario()
+    site = build_site(scenario, 1)
+    ids = site.held_ids()
+    site.forget(ids[:5])
+    site.exclude(ids[5:10])
+    copy = build_site(scenario, 1)
+    copy.load_state_bytes(site.state_bytes())
+    assert set(copy.held_ids().tolist()) == set(ids[5:].tolist())
+    assert copy.excluded == set(ids[5:10].tolist())
+    assert len(copy._active) == len(ids) - 10
