@@ -87,25 +87,30 @@ def run_experiment(
     e = scenario.evaluation
     train_seconds = 0.0
 
-    for _ in range(scenario.training.rounds):
+    rounds = scenario.training.rounds
+    for round_index in range(1, rounds + 1):
+        # `round_index` counts training rounds (the schedule's clock); `server.round` counts every generator step,
+        # including those an unlearning method spends.
         record: RoundRecord = server.step(engine)
         train_seconds += record.seconds
-        line = record.as_dict() | {"bytes_down": engine.traffic.bytes_down, "bytes_up": engine.traffic.bytes_up}
+        line = record.as_dict() | {"round": round_index, "generator_steps": server.round,
+                                   "bytes_down": engine.traffic.bytes_down, "bytes_up": engine.traffic.bytes_up}
         recorder.log(line)
-        if e.every and server.round % e.every == 0 and server.round < scenario.training.rounds:
-            metrics = evaluate(server, evaluator, splits, e.samples, f"round-{server.round}")
-            recorder.log({"kind": "evaluation", "round": server.round, **metrics})
-            recorder.save_grid(*grid_samples(server, e.grid_per_class), f"samples_round_{server.round:05d}.png")
-            line |= {"fid_lenet": metrics["fid_lenet"]}
         # ---------------- forget requests due after this round (schedule + inbox) ----------------
-        requests = forget_service.due(server.round)
+        requests = forget_service.due(round_index)
         if requests:
-            forget_service.serve(server, engine, requests)
+            forget_service.serve(server, engine, requests, round_index)
+        # ---------------- periodic evaluation ----------------
+        if e.every and round_index % e.every == 0 and round_index < rounds:
+            metrics = evaluate(server, evaluator, splits, e.samples, f"round-{round_index}")
+            recorder.log({"kind": "evaluation", "round": round_index, **metrics})
+            recorder.save_grid(*grid_samples(server, e.grid_per_class), f"samples_round_{round_index:05d}.png")
+            line |= {"fid_lenet": metrics["fid_lenet"]}
         if progress is not None:
-            progress(server.round, scenario.training.rounds, line)
+            progress(round_index, rounds, line)
 
     final = evaluate(server, evaluator, splits, e.final_samples, "final")
-    recorder.log({"kind": "evaluation", "round": server.round, "final": True, **final})
+    recorder.log({"kind": "evaluation", "round": rounds, "final": True, **final})
     recorder.save_grid(*grid_samples(server, e.grid_per_class), "samples_final.png")
     recorder.save_checkpoint(server, engine)
     summary = recorder.finish(
@@ -114,7 +119,8 @@ def run_experiment(
         engine=engine,
         wall_seconds=time.perf_counter() - started,
         train_seconds=train_seconds,
-        rounds=server.round,
+        rounds=rounds,
+        generator_steps=server.round,
     )
     engine.close()
     return summary

@@ -108,7 +108,8 @@ class RunRecorder:
         )
 
     def finish(self, *, final: dict[str, Any], engine: SiteEngine, wall_seconds: float, train_seconds: float,
-               rounds: int, unlearning: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               rounds: int, generator_steps: int, unlearning: list[dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
         """Write curves.png and summary.json; return the summary."""
         plot_training_curves(self.records, self.out / "curves.png")
         t = self.scenario.training
@@ -119,6 +120,7 @@ class RunRecorder:
             "aggregator": t.aggregator,
             "engine": engine.name,
             "rounds": rounds,
+            "generator_steps": generator_steps,
             "wall_seconds": wall_seconds,
             "train_seconds": train_seconds,
             "seconds_per_round": train_seconds / max(rounds, 1),

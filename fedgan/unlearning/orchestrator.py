@@ -98,8 +98,9 @@ class ForgetService:
         return Holdings(ids, labels)
 
     # ---- serving ----
-    def serve(self, server: GeneratorServer, engine: SiteEngine, requests: list[ForgetRequest]) -> None:
-        """Record, check and serve `requests` (all due at this round); updates `server` and the sites in place."""
+    def serve(self, server: GeneratorServer, engine: SiteEngine, requests: list[ForgetRequest], round_index: int
+              ) -> None:
+        """Record, check and serve `requests` due after training round `round_index`; updates the federation."""
         accepted: list[Resolution] = []
         holdings = self.holdings()
         for request in requests:
@@ -113,14 +114,14 @@ class ForgetService:
                 self.ledger.mark(request_id, "refused", reason=refusal.reason)
                 self.log({"kind": "forget", "event": "refused", "request": request_id, "reason": refusal.reason})
         if accepted:
-            self._serve_batch(server, engine, accepted)
+            self._serve_batch(server, engine, accepted, round_index)
 
-    def _serve_batch(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution]) -> None:
+    def _serve_batch(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], round_index: int
+                     ) -> None:
         forget_ids = _union(batch)
         forget_classes = tuple(sorted({c for r in batch for c in r.forget_classes}))
         for resolution in batch:
-            self.ledger.mark(resolution.request.request_id, "running", round=server.round)
-        round_index = server.round
+            self.ledger.mark(resolution.request.request_id, "running", round=round_index)
         tag = f"before-{round_index}"
         before = self._measure(server, engine, batch, "before")
         engine.snapshot(tag)
@@ -164,7 +165,11 @@ class ForgetService:
 
     def _retrain(self, server: GeneratorServer, engine: SiteEngine, forget_ids: SiteIds, batch: list[Resolution],
                  round_index: int) -> MethodOutcome:
-        """A fresh federation without every forgotten item, same seeds, trained for the same number of rounds."""
+        """A fresh federation without every forgotten item, same seeds, trained for the same number of rounds.
+
+        The budget is the original run's training rounds up to the request (generator steps that earlier
+        unlearning spent are not part of it: retraining from scratch never needs them).
+        """
         forgotten = {s: set(map(int, ids)) for s, ids in self.ledger.forgotten_ids().items()}
         for site, ids in forget_ids.items():
             forgotten.setdefault(site, set()).update(map(int, ids))
