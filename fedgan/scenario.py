@@ -100,7 +100,8 @@ class CompareConfig:
 class UnlearningConfig:
     """The [unlearning] table: which methods serve forget requests, and the cascade's knobs (ALGORITHMS.md §5).
 
-    One stage = `stage_d_steps` D steps at each requesting site, then `stage_g_rounds` normal UA rounds of G.
+    One stage = `stage_d_steps` D steps at each requesting site, then `stage_g_rounds` normal UA rounds of G, with
+    G's learning rate multiplied by `generator_lr_scale` while a method runs (the server's share of the request).
     `fake_label` is y_fake, a number in [0, 1] or ``"generated"`` (mean D on the stage's synthetic batch).
     `drop_class_weight`: for class requests, the server zeroes the requesting sites' weights for the class
     (w_s(c) -> 0) before the cascade instead of after it. The first method listed (other than retrain) is the one
@@ -111,6 +112,7 @@ class UnlearningConfig:
     stages: int = 5
     stage_d_steps: int = 20
     stage_g_rounds: int = 10
+    generator_lr_scale: float = 1.0
     weight: float = 1.0
     fake_label: Any = 0.0
     relearn_rounds: int = 10
@@ -344,6 +346,8 @@ def _validate_unlearning(s: Scenario) -> None:
         _require(value >= 0, f"unlearning.{_toml_key(key)}", f"got {value}", "use 0 or a positive integer")
     _require(u.weight >= 0, "unlearning.weight", f"got {u.weight}", "use a non-negative weight (λ)")
     _require(u.impair_lr_scale > 0, "unlearning.impair-lr-scale", f"got {u.impair_lr_scale}", "use a positive factor")
+    _require(u.generator_lr_scale > 0, "unlearning.generator-lr-scale", f"got {u.generator_lr_scale}",
+             "use a positive factor (1 = G's training learning rate)")
     label = u.fake_label
     numeric = isinstance(label, (int, float)) and not isinstance(label, bool)
     _require((numeric and 0 <= label <= 1) or label == "generated", "unlearning.fake-label", f"got {label!r}",

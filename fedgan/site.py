@@ -32,6 +32,9 @@ class SiteOptions:
     r1_gamma: float = 0.0
 
 
+STAGE_PROBE_ITEMS = 256  # forget items on which a stage reports mean D before/after
+
+
 @dataclass(frozen=True)
 class UnlearnStageOptions:
     """One site-side unlearning stage (ALGORITHMS.md §5 step (b), and the `noise` / `uniform` baselines).
@@ -200,14 +203,15 @@ class Site:
         fake = fake.to(self.device, torch.float32)
         fake_labels = fake_labels.to(self.device) if (fake_labels is not None and self.conditional) else None
         forget_pos = torch.from_numpy(self.positions_of(forget_ids)).to(self.device)
-        before = self._mean_probability(forget_pos)
+        probe = forget_pos[:STAGE_PROBE_ITEMS]  # a fixed subset: the statistic must not cost more than the stage
+        before = self._mean_probability(probe)
         if options.kind == "noise":
             target = self._noise_stage(fake, fake_labels, forget_pos, options)
         elif options.kind == "fake_label":
             target = self._fake_label_stage(fake, fake_labels, forget_pos, options)
         else:
             raise KeyError(f"unknown unlearning stage kind {options.kind!r}")
-        return {"d_forget_before": before, "d_forget_after": self._mean_probability(forget_pos),
+        return {"d_forget_before": before, "d_forget_after": self._mean_probability(probe),
                 "fake_label": target, "steps": float(options.steps)}
 
     @torch.no_grad()

@@ -26,25 +26,11 @@ from fedgan.evaluation.metrics import (
     label_fidelity,
 )
 from fedgan.evaluation.plots import plot_training_curves, save_sample_grid
+from tests.conftest import labelled_stripes, stripes
 
 NUM_CLASSES = 2
 
 
-def stripes(label: int, count: int, seed: int) -> torch.Tensor:
-    """`count` noisy (1,28,28) stripe images in [-1, 1]: horizontal for label 0, vertical for label 1."""
-    generator = torch.Generator().manual_seed(seed)
-    period = 2 + torch.randint(0, 3, (count, 1, 1, 1), generator=generator)
-    phase = torch.randint(0, 4, (count, 1, 1, 1), generator=generator)
-    coordinate = torch.arange(28).view(1, 1, 28, 1) if label == 0 else torch.arange(28).view(1, 1, 1, 28)
-    pattern = (((coordinate + phase) // period) % 2).float().expand(count, 1, 28, 28) * 1.6 - 0.8
-    return (pattern + 0.2 * torch.randn(count, 1, 28, 28, generator=generator)).clamp(-1, 1)
-
-
-def labelled_stripes(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both classes, `per_class` each, with their int64 labels."""
-    images = torch.cat([stripes(0, per_class, seed), stripes(1, per_class, seed + 1)])
-    labels = torch.cat([torch.zeros(per_class, dtype=torch.long), torch.ones(per_class, dtype=torch.long)])
-    return images, labels
 
 
 @pytest.fixture(autouse=True)

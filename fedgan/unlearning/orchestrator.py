@@ -11,9 +11,10 @@ with the gap to retrain and the speed-up — goes into the ledger and the summar
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,8 @@ class ForgetService:
             _drop_counts(server, forget_ids, self._labels_of)  # w_s(c) -> 0 before the cascade starts
         bytes_before = engine.traffic.bytes_down + engine.traffic.bytes_up
         started = time.perf_counter()
-        details = METHODS[name]().run(job)
+        with scaled_learning_rate(server.optimizer, self.config.generator_lr_scale):
+            details = METHODS[name]().run(job)
         seconds = time.perf_counter() - started
         spent = engine.traffic.bytes_down + engine.traffic.bytes_up - bytes_before
         if not self.config.drop_class_weight or not forget_classes:
@@ -288,6 +290,19 @@ class ForgetService:
             entry["speedup_vs_retrain"] = retrain.seconds / max(outcome.seconds, 1e-9)
             entry["speedup_rounds_vs_retrain"] = retrain.rounds / max(outcome.rounds, 1)
         return entry
+
+
+@contextlib.contextmanager
+def scaled_learning_rate(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
+    """G's learning rate times `scale` inside the block, restored afterwards."""
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * scale
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr
 
 
 def _union(batch: list[Resolution]) -> SiteIds:

@@ -1,0 +1,109 @@
+"""Ablation of the cascade's knobs on one trained federation, against one retrain, measured in the same run.
+
+Trains the scenario's federation once (in process) up to its first forget request's round, keeps that state, runs
+`retrain` once, then serves the same request with each variant of [unlearning] from the same state, and prints
+one row per variant: forget-class rate (class requests) or AUC(F vs N) (item requests), FID_LeNet on retained
+classes, generator rounds, seconds, and the speed-ups over retrain.
+
+    .venv/bin/python bench/cascade_ablation.py scenarios/class-forget.toml [--out runs/ablation-class-forget]
+
+Variants are `key=value,...` strings over [unlearning] keys (snake_case), e.g. "stages=5,generator_lr_scale=2".
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedgan.engine import InProcessEngine  # noqa: E402
+from fedgan.experiment import prepare  # noqa: E402
+from fedgan.federation import GeneratorServer  # noqa: E402
+from fedgan.scenario import load_scenario  # noqa: E402
+from fedgan.unlearning.orchestrator import ForgetService  # noqa: E402
+
+DEFAULT_VARIANTS = [
+    "stages=5,stage_d_steps=20,stage_g_rounds=3",
+    "stages=5,stage_d_steps=20,stage_g_rounds=3,generator_lr_scale=2",
+    "stages=5,stage_d_steps=20,stage_g_rounds=3,generator_lr_scale=4",
+    "stages=3,stage_d_steps=20,stage_g_rounds=3,generator_lr_scale=4",
+    "stages=5,stage_d_steps=10,stage_g_rounds=2,generator_lr_scale=4",
+    "stages=5,stage_d_steps=20,stage_g_rounds=3,fake_label=generated",
+    "stages=5,stage_d_steps=20,stage_g_rounds=3,weight=4",
+]
+
+
+def parse_variant(text: str) -> dict:
+    values = {}
+    for part in filter(None, text.split(",")):
+        key, raw = part.split("=", 1)
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--methods", default="cascaded", help="comma-separated methods to run for each variant")
+    parser.add_argument("--variant", action="append", help="key=value,... (repeatable); default: a built-in set")
+    args = parser.parse_args()
+    scenario = load_scenario(args.scenario)
+    out = Path(args.out or f"runs/ablation-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    request = scenario.forget[0]
+    rounds = request.round
+    splits, evaluator = prepare(scenario)
+
+    # ---------------- train once up to the request ----------------
+    engine = InProcessEngine(scenario, "cpu")
+    sites = engine.open()
+    server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, engine.device)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        server.step(engine)
+    train_seconds = time.perf_counter() - started
+    engine.snapshot("trained")
+    trained = copy.deepcopy(server.state_dict())
+    counts = server.class_counts.copy()
+    print(json.dumps({"scenario": scenario.name, "rounds": rounds, "train_seconds": train_seconds}), flush=True)
+
+    def serve(name: str, unlearning) -> dict:
+        engine.restore("trained")
+        server.load_state_dict(copy.deepcopy(trained))
+        server.class_counts = counts.copy()
+        variant = scenario.replace(unlearning=unlearning)
+        service = ForgetService(variant, splits, evaluator, out / name)
+        service.serve(server, engine, [request.with_id()], rounds)
+        return service.results[0]
+
+    # ---------------- retrain once (the reference for every variant) ----------------
+    reference = serve("retrain", dataclasses.replace(scenario.unlearning, methods=("retrain",)))
+    retrain_seconds, key = reference["seconds"], ("forget_class_rate" if request.kind == "class"
+                                                  else "mia_auc_forget_vs_nonmember")
+    print(json.dumps({"retrain_seconds": retrain_seconds, key: reference[key]["after"],
+                      "fid_lenet_retained": reference["fid_lenet_retained"]["after"]}), flush=True)
+    for method in args.methods.split(","):
+        for text in args.variant or DEFAULT_VARIANTS:
+            config = dataclasses.replace(scenario.unlearning, methods=(method,), **parse_variant(text))
+            entry = serve(f"{method}-{text}", config)
+            print(json.dumps({
+                "method": method, "variant": text,
+                key: {"before": entry[key]["before"], "after": entry[key]["after"], "retrain": reference[key]["after"]},
+                "fid_lenet_retained": {"before": entry["fid_lenet_retained"]["before"],
+                                       "after": entry["fid_lenet_retained"]["after"]},
+                "rounds": entry["rounds"], "seconds": entry["seconds"],
+                "speedup_rounds": rounds / max(entry["rounds"], 1),
+                "speedup_seconds": retrain_seconds / entry["seconds"],
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
