@@ -108,11 +108,12 @@ class UnlearningConfig:
     the federation continues from; `retrain` is the gold standard every other method is compared with.
     """
 
+    # Defaults chosen by bench/cascade_ablation.py on class-forget.toml (bench/README.md).
     methods: tuple[str, ...] = ("cascaded", "retrain")
     stages: int = 5
-    stage_d_steps: int = 20
-    stage_g_rounds: int = 10
-    generator_lr_scale: float = 1.0
+    stage_d_steps: int = 10
+    stage_g_rounds: int = 2
+    generator_lr_scale: float = 4.0
     weight: float = 1.0
     fake_label: Any = 0.0
     relearn_rounds: int = 10
