@@ -3,10 +3,10 @@
     .venv/bin/fedgan run scenarios/class-forget.toml --out runs/class-forget
     .venv/bin/python bench/unlearning_targets.py runs/class-forget
 
-Targets (measured, never loosened): class requests — forget-class rate after ≤ max(1 %, retrain's + 0.5 point),
-FID_LeNet on retained classes within 10 % of before (not more than 10 % worse); a class kept at other holders — |rate after − retrain's| ≤
-1 point; item requests — |AUC(F vs N) after − retrain's| ≤ 0.03 with AUC(R vs N) before ≥ 0.6; speed-up over
-retrain ≥ 100× in generator rounds and in wall seconds.
+Targets (measured, never loosened): class requests — forget-class rate after <= max(1 %, retrain's + 0.5 point),
+FID_LeNet on retained classes within 10 % of before (not more than 10 % worse); a class kept at other holders —
+|rate after - retrain's| <= 1 point; item requests — |AUC(F vs N) after - retrain's| <= 0.03 with AUC(R vs N)
+before >= 0.6; speed-up over retrain >= 100x in generator rounds and in wall seconds.
 """
 from __future__ import annotations
 
