@@ -218,24 +218,32 @@ class ForgetService:
         c = self.config
         fake = server.sample(c.eval_samples, f"certificate-{tag}")
         shared = {"class_histogram": class_histogram(self.evaluator, fake, self.splits.train.num_classes)}
+        shared.update(self._generator_metrics(server, fake, self._retained_classes(batch), tag))
         out: dict[int, dict[str, Any]] = {}
         for index, resolution in enumerate(batch):
             metrics = dict(shared)
-            classes = resolution.forget_classes
-            metrics.update(self._generator_metrics(server, fake, classes, tag))
+            if resolution.forget_classes:
+                metrics["forget_class_rate"] = forget_class_rate(self.evaluator, fake, resolution.forget_classes)
             if resolution.request.kind == "items":
                 metrics.update(self._membership(engine, resolution, index))
             out[index] = metrics
         return out
 
-    def _generator_metrics(self, server: GeneratorServer, fake: torch.Tensor, classes: tuple[int, ...], tag: str
+    def _retained_classes(self, batch: list[Resolution]) -> list[int]:
+        """Classes some site still holds once the batch is served (a class kept at another holder is retained)."""
+        holdings = self.holdings()
+        num_classes = self.splits.train.num_classes
+        remaining = sum(np.bincount(labels, minlength=num_classes) for labels in holdings.labels.values())
+        for ids in _union(batch).values():
+            remaining = remaining - np.bincount(self._labels_of(ids), minlength=num_classes)
+        return [c for c in range(num_classes) if remaining[c] > 0]
+
+    def _generator_metrics(self, server: GeneratorServer, fake: torch.Tensor, retained: list[int], tag: str
                            ) -> dict[str, Any]:
+        """Quality of G on what the federation still holds: FID/KID against those classes, downstream accuracy."""
         test = self.splits.test
         num_classes = self.splits.train.num_classes
-        retained = [c for c in range(num_classes) if c not in classes]
         metrics: dict[str, Any] = {}
-        if classes:
-            metrics["forget_class_rate"] = forget_class_rate(self.evaluator, fake, classes)
         metrics.update(retained_fid(self.evaluator, test.float_images(), test.labels, fake, retained))
         train_images = server.sample(self.config.downstream_samples, f"downstream-{tag}")
         train_labels = pseudo_label(self.evaluator, train_images)  # an unconditional G's samples carry no label
