@@ -124,6 +124,15 @@ def restore(msg: Message, context: Context) -> Message:
     return _empty_reply(msg)
 
 
+@app.train(P.action(P.DISCARD))
+def discard(msg: Message, context: Context) -> Message:
+    """Drop the state kept under a tag."""
+    key = P.STATE_SNAPSHOT_PREFIX + str(msg.content[P.CONFIG][P.TAG])
+    if key in context.state:
+        del context.state[key]
+    return _empty_reply(msg)
+
+
 @app.train(P.action(P.EXCLUDE))
 def exclude(msg: Message, context: Context) -> Message:
     """Keep the named items out of the real stream (substituted by retained items)."""

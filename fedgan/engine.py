@@ -72,6 +72,10 @@ class SiteEngine(Protocol):
         """Every site returns to the state it kept under `tag`."""
         ...
 
+    def discard(self, tag: str) -> None:
+        """Every site drops the state it kept under `tag`."""
+        ...
+
     def exclude(self, orders: SiteIds) -> None:
         """Sites keep these items out of their real stream from now on (substitution by retained items)."""
         ...
@@ -197,6 +201,9 @@ class InProcessEngine:
     def restore(self, tag: str) -> None:
         for site in self.sites:
             site.load_state_bytes(self._snapshots[tag][site.site_id])
+
+    def discard(self, tag: str) -> None:
+        self._snapshots.pop(tag, None)
 
     def exclude(self, orders: SiteIds) -> None:
         for site_id, ids in orders.items():

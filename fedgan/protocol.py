@@ -16,6 +16,7 @@ SCORE = "train.score"  # server -> site: synthetic batch; reply: logits and inpu
 # attacker is assumed to hold) and the site's D logits come back. It is never used by training.
 SNAPSHOT = "train.snapshot"  # config: tag; the site copies its state under the tag (kept at the site)
 RESTORE = "train.restore"  # config: tag; the site returns to that copy
+DISCARD = "train.discard"  # config: tag; the site drops that copy (contexts travel with every message: keep them small)
 EXCLUDE = "train.exclude"  # arrays: ids; the site keeps them out of its real stream (substitution)
 UNLEARN = "train.unlearn"  # arrays: fake [+ labels], forget ids; config: stage options (JSON); reply: statistics
 FORGET = "train.forget"  # arrays: ids; the site deletes them from its shard

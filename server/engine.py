@@ -168,6 +168,9 @@ class FlowerEngine:
     def restore(self, tag: str) -> None:
         self._all_sites(P.RESTORE, {P.TAG: tag})
 
+    def discard(self, tag: str) -> None:
+        self._all_sites(P.DISCARD, {P.TAG: tag})
+
     def _ids_command(self, message_type: str, orders: SiteIds) -> None:
         self._command(message_type, {
             site: RecordDict({P.ARRAYS: ArrayRecord({P.IDS: Array(np.asarray(ids, dtype=np.int64))})})

@@ -78,10 +78,13 @@ def test_item_request_reports_membership_inference_and_deletes_the_items(tmp_pat
     base = forget_scenario(["cascaded", "retrain"], [])
     items = site_items(base, 1, 10)
     scenario = forget_scenario(["cascaded", "retrain"], [{"site": 1, "items": items, "round": 2}])
+    engine = InProcessEngine(scenario, "cpu")
+
     # Execute
-    summary = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)
+    summary = run_experiment(scenario, engine, tmp_path)
 
     # Assert
+    assert engine._snapshots == {}  # no state copy outlives the request (under Flower they ride every message)
     (entry,) = summary["unlearning"]
     for key in ("mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember"):
         assert 0.0 <= entry[key]["before"] <= 1.0 and 0.0 <= entry[key]["retrain"] <= 1.0

@@ -141,6 +141,8 @@ class ForgetService:
         if "retrain" in self.config.methods:
             retrain = self._retrain(server, engine, forget_ids, batch, round_index)
         self._continue_from(outcomes, retrain, server, engine, counts_before, forget_ids)
+        for stale in [tag] + [o.site_tag for o in (*outcomes, retrain) if o is not None and o.site_tag]:
+            engine.discard(stale)  # Flower contexts travel with every message: keep no copy beyond the batch
         self._certify(batch, before, outcomes, retrain)
 
     def _run_method(self, name: str, server: GeneratorServer, engine: SiteEngine, forget_ids: SiteIds,
