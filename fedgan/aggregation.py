@@ -142,9 +142,3 @@ def site_log_weights(
     weights = raw / raw.sum(0, keepdims=True)
     with np.errstate(divide="ignore"):  # a site without the class gets weight 0, log weight -inf
         return torch.from_numpy(np.log(weights))
-
-
-def expand_log_weights(log_weights: torch.Tensor, batch: int) -> torch.Tensor:
-    """Broadcast (K, 1) weights to (K, batch); leave (K, batch) unchanged."""
-    return log_weights.expand(-1, batch) if log_weights.shape[1] == 1 else log_weights
-

@@ -12,7 +12,6 @@ run exactly this code.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,19 +151,3 @@ class GeneratorServer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.set_state(state["rng"])
         self.round = int(state["round"])
-
-
-RoundCallback = Callable[[GeneratorServer, RoundRecord], None]
-
-
-def train_rounds(
-    server: GeneratorServer, engine: SiteEngine, rounds: int, on_round: RoundCallback | None = None
-) -> list[RoundRecord]:
-    """Run `rounds` rounds; `on_round` is called after each (evaluation, logging, progress)."""
-    records = []
-    for _ in range(rounds):
-        record = server.step(engine)
-        records.append(record)
-        if on_round is not None:
-            on_round(server, record)
-    return records

@@ -298,10 +298,6 @@ class Site:
         """Global ids this site holds now (after forgetting)."""
         return self._ids.copy()
 
-    def held_labels(self) -> np.ndarray:
-        """Labels of `held_ids`, same order."""
-        return self.shard.labels.numpy().copy()
-
     # ---- persistence: everything a site needs to resume (kept in Flower's Context or a checkpoint) ----
     def state_dict(self) -> dict[str, Any]:
         """D's weights, its optimizer, the batch RNG and the step count."""

@@ -1,11 +1,8 @@
 """What every unlearning method shares: its settings, the job it works on, and the registry."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from fedgan.engine import SiteEngine, SiteIds, StageOrder
 from fedgan.federation import GeneratorServer, RoundRecord
@@ -52,10 +49,6 @@ class UnlearningJob:
         """Delete the forget items from the sites' shards for good."""
         self.engine.forget(self.forget_ids)
 
-    def forget_count(self) -> int:
-        return int(sum(len(np.asarray(ids)) for ids in self.forget_ids.values()))
-
-
 class UnlearningMethod:
     """One way to serve a forget request on a running federation."""
 
@@ -70,10 +63,3 @@ def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
     """Class decorator: make a method selectable by name in `[unlearning] methods`."""
     METHODS[cls.name] = cls
     return cls
-
-
-def timed(fn, *args: Any) -> tuple[Any, float]:
-    """Result and wall seconds of fn(*args)."""
-    started = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - started
