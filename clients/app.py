@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -133,22 +134,24 @@ def discard(msg: Message, context: Context) -> Message:
     return _empty_reply(msg)
 
 
+def _apply_to_ids(msg: Message, context: Context, action: Callable[[Site, np.ndarray], None]) -> Message:
+    """Load the site, apply `action` to the item ids in the message, keep the new state."""
+    site = _load_site(context)
+    action(site, _ids(msg.content[P.ARRAYS], P.IDS))
+    _save_site(context, site)
+    return _empty_reply(msg)
+
+
 @app.train(P.action(P.EXCLUDE))
 def exclude(msg: Message, context: Context) -> Message:
     """Keep the named items out of the real stream (substituted by retained items)."""
-    site = _load_site(context)
-    site.exclude(_ids(msg.content[P.ARRAYS], P.IDS))
-    _save_site(context, site)
-    return _empty_reply(msg)
+    return _apply_to_ids(msg, context, Site.exclude)
 
 
 @app.train(P.action(P.FORGET))
 def forget(msg: Message, context: Context) -> Message:
     """Delete the named items from this site's shard for good."""
-    site = _load_site(context)
-    site.forget(_ids(msg.content[P.ARRAYS], P.IDS))
-    _save_site(context, site)
-    return _empty_reply(msg)
+    return _apply_to_ids(msg, context, Site.forget)
 
 
 @app.train(P.action(P.UNLEARN))
