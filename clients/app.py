@@ -73,7 +73,8 @@ def score(msg: Message, context: Context) -> Message:
     arrays = msg.content[P.ARRAYS]
     fake = torch.from_numpy(np.array(arrays[P.FAKE].numpy()))
     labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
-    reply = site.score(fake, labels)
+    round_index = msg.content[P.CONFIG][P.ROUND] if P.CONFIG in msg.content else None
+    reply = site.score(fake, labels, int(round_index) if round_index is not None else None)
     _save_site(context, site)
     content = RecordDict({
         P.ARRAYS: ArrayRecord({

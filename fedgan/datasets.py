@@ -120,6 +120,28 @@ def load_dataset(name: str, root: str | None = None, **options: Any) -> DatasetS
     return loader(root=root, **options)
 
 
+def select_classes(splits: DatasetSplits, classes: Sequence[int]) -> DatasetSplits:
+    """Only the items of `classes`, relabelled 0..len(classes)-1 in the given order (ids and sources kept).
+
+    The smaller variants of a scenario (say labels 0-3 of the hard split) keep the structure of the full one.
+    """
+    num_classes = splits.train.num_classes
+    chosen = [int(c) for c in classes]
+    if not chosen or len(set(chosen)) != len(chosen) or not all(0 <= c < num_classes for c in chosen):
+        raise DataError("data.classes", f"got {list(classes)!r}",
+                        f"list distinct labels from 0 to {num_classes - 1}, e.g. [0, 1, 2, 3]")
+    relabel = torch.full((num_classes,), -1, dtype=torch.int64)
+    relabel[torch.tensor(chosen)] = torch.arange(len(chosen))
+
+    def keep(part: ImageDataset) -> ImageDataset:
+        subset = part.subset(torch.nonzero(relabel[part.labels] >= 0).flatten())
+        return replace(subset, labels=relabel[subset.labels], num_classes=len(chosen),
+                       class_names=tuple(part.class_names[c] for c in chosen))
+
+    return replace(splits, train=keep(splits.train), test=keep(splits.test),
+                   provenance={**splits.provenance, "classes": ",".join(map(str, chosen))})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Readers: IDX (MNIST-style) files and pickles restricted to numpy arrays
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fedgan.datasets import DatasetSplits, ImageDataset, load_dataset
+from fedgan.datasets import DatasetSplits, ImageDataset, load_dataset, select_classes
 from fedgan.partition import partition_dataset
 from fedgan.scenario import Scenario
 from fedgan.site import Site, SiteOptions, SiteReply, UnlearnStageOptions
@@ -115,7 +115,8 @@ def resolve_device(name: str) -> torch.device:
 def site_options(scenario: Scenario) -> SiteOptions:
     """The [training] settings a site's local steps use."""
     t = scenario.training
-    return SiteOptions(t.batch_size, t.d_steps, t.lr_discriminator, (t.beta1, t.beta2), t.r1_gamma)
+    return SiteOptions(t.batch_size, t.d_steps, t.lr_discriminator, (t.beta1, t.beta2), t.r1_gamma,
+                       t.real_sampling, t.r1_target, t.lr_schedule, t.rounds)
 
 
 def load_federation_data(scenario: Scenario) -> DatasetSplits:
@@ -133,6 +134,8 @@ def load_full_data(scenario: Scenario) -> DatasetSplits:
 def _load_cached(data_json: str) -> DatasetSplits:
     data = json.loads(data_json)
     splits = load_dataset(data["name"], data["root"], **data["options"])
+    if data.get("classes"):
+        splits = select_classes(splits, data["classes"])
     limit = data.get("train_limit")
     if limit is not None and limit < len(splits.train):
         # A seeded subset (fixed seed: the same items for every scenario seed), ids kept.
@@ -227,7 +230,7 @@ class InProcessEngine:
     def score(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
         replies: dict[int, SiteReply] = {}
         for site in self.sites:
-            replies[site.site_id] = reply = site.score(fake, labels)
+            replies[site.site_id] = reply = site.score(fake, labels, round_index)
             self.traffic.bytes_down += payload_bytes(fake, labels)
             self.traffic.bytes_up += payload_bytes(reply.logits, reply.input_grads)
         return replies

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedgan.datasets import DatasetSplits
 from fedgan.engine import SiteEngine, load_federation_data, load_full_data, resolve_device, site_positions
 from fedgan.evaluation.classifier import Evaluator, load_or_train_evaluator
 from fedgan.evaluation.metrics import evaluate_generator_samples
+from fedgan.evaluation.mixture import disjoint_site_labels, headline, mixture_report, mode_counts
 from fedgan.federation import GeneratorServer, RoundRecord
 from fedgan.results import RunRecorder
 from fedgan.scenario import Scenario
@@ -37,10 +40,12 @@ def prepare(scenario: Scenario) -> tuple[DatasetSplits, Evaluator]:
 def evaluator_for(scenario: Scenario, splits: DatasetSplits) -> Evaluator:
     """The cached LeNet-style evaluator of this dataset (trained once on its training split)."""
     train, test = splits.train, splits.test
-    key = f"{train.name}-{train.num_classes}c-{'x'.join(map(str, train.image_shape))}"
+    mixed = train.sources is not None and test.sources is not None
+    key = f"{train.name}-{train.num_classes}c{'-modes' if mixed else ''}-{'x'.join(map(str, train.image_shape))}"
     return load_or_train_evaluator(
         key, train.float_images(), train.labels, test.float_images(), test.labels, train.num_classes,
         seed=0, epochs=scenario.evaluation.evaluator_epochs,
+        train_sources=train.sources if mixed else None, test_sources=test.sources if mixed else None,
     )
 
 
@@ -49,13 +54,44 @@ def _real_reference(splits: DatasetSplits, count: int) -> torch.Tensor:
     return splits.test.float_images()[: min(count, len(splits.test))]
 
 
-def evaluate(server: GeneratorServer, evaluator: Evaluator, splits: DatasetSplits, count: int, tag: str) -> dict:
-    """FID_LeNet, KID, class histogram and coverage (and label fidelity for conditional G) on `count` samples."""
+@dataclass(frozen=True)
+class MixtureTruth:
+    """What the mixture measurement compares generated samples with (`fedgan.evaluation.mixture`)."""
+
+    real_modes: np.ndarray  # (sources, labels) real items the sites hold
+    site_class_counts: np.ndarray  # (sites, labels)
+    source_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+
+def mixture_truth(scenario: Scenario, splits: DatasetSplits) -> MixtureTruth | None:
+    """The real mixture when there is one to measure: a mixed dataset, or an unconditional G over disjoint sites."""
+    train = splits.train
+    positions = site_positions(scenario)
+    counts = np.stack([np.bincount(train.labels[p].numpy(), minlength=train.num_classes) for p in positions])
+    disjoint = not scenario.model.conditional and disjoint_site_labels(counts) is not None
+    if train.sources is None and not disjoint:
+        return None
+    held = np.concatenate(positions)
+    sources = None if train.sources is None else train.sources[held].numpy()
+    num_sources = max(len(train.source_names), 1)
+    modes = mode_counts(train.labels[held].numpy(), sources, train.num_classes, num_sources)
+    return MixtureTruth(modes, counts, train.source_names, train.class_names)
+
+
+def evaluate(server: GeneratorServer, evaluator: Evaluator, splits: DatasetSplits, count: int, tag: str,
+             truth: MixtureTruth | None = None) -> dict:
+    """FID_LeNet, KID, class histogram and coverage (and label fidelity for conditional G) on `count` samples;
+    with `truth`, the `mixture` block too."""
     labels = server.sample_labels(count, torch.Generator().manual_seed(1)) if server.conditional else None
     fake = server.sample(count, tag, labels)
-    return evaluate_generator_samples(
+    metrics = evaluate_generator_samples(
         evaluator, _real_reference(splits, count), fake, splits.train.num_classes, fake_labels=labels
     )
+    if truth is not None:
+        metrics["mixture"] = mixture_report(evaluator, fake, labels, truth.real_modes, truth.site_class_counts,
+                                            truth.source_names, truth.class_names)
+    return metrics
 
 
 def grid_samples(server: GeneratorServer, per_class: int) -> tuple[torch.Tensor, int]:
@@ -84,6 +120,7 @@ def run_experiment(
     recorder = RunRecorder(out_dir, scenario)
     recorder.start(splits, evaluator, sites)
     forget_service = ForgetService(scenario, splits, evaluator, out_dir, log=recorder.log)
+    truth = mixture_truth(scenario, splits)
     e = scenario.evaluation
     train_seconds = 0.0
 
@@ -102,15 +139,17 @@ def run_experiment(
             forget_service.serve(server, engine, requests, round_index)
         # ---------------- periodic evaluation ----------------
         if e.every and round_index % e.every == 0 and round_index < rounds:
-            metrics = evaluate(server, evaluator, splits, e.samples, f"round-{round_index}")
-            recorder.log({"kind": "evaluation", "round": round_index, **metrics})
+            metrics = evaluate(server, evaluator, splits, e.samples, f"round-{round_index}", truth)
+            recorder.log({"kind": "evaluation", "round": round_index, **metrics, **headline(metrics.get("mixture"))})
             recorder.save_grid(*grid_samples(server, e.grid_per_class), f"samples_round_{round_index:05d}.png")
             line |= {"fid_lenet": metrics["fid_lenet"]}
         if progress is not None:
             progress(round_index, rounds, line)
 
-    final = evaluate(server, evaluator, splits, e.final_samples, "final")
-    recorder.log({"kind": "evaluation", "round": rounds, "final": True, **final})
+    final = evaluate(server, evaluator, splits, e.final_samples, "final", truth)
+    recorder.log({"kind": "evaluation", "round": rounds, "final": True, **final, **headline(final.get("mixture"))})
+    if truth is not None:
+        recorder.save_mixture(final["mixture"])
     recorder.save_grid(*grid_samples(server, e.grid_per_class), "samples_final.png")
     recorder.save_checkpoint(server, engine)
     summary = recorder.finish(

@@ -23,6 +23,7 @@ from fedgan.engine import SiteEngine, SiteInfo
 from fedgan.models import Generator, build_generator
 from fedgan.scenario import Scenario
 from fedgan.seeding import derive_seed, torch_generator
+from fedgan.site import learning_rate_factor
 
 
 @dataclass
@@ -105,6 +106,9 @@ class GeneratorServer:
         t = self.scenario.training
         self.round += 1
         # ---------------- generate the synthetic batch and send it to the sites ----------------
+        if t.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = t.lr_generator * learning_rate_factor(t.lr_schedule, self.round, t.rounds)
         z = torch.randn(t.batch_size, self.generator.latent_dim, generator=self.rng).to(self.device)
         labels = self.sample_labels(t.batch_size, self.rng)
         fake = self.generator(z, labels.to(self.device) if labels is not None else None)

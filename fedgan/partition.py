@@ -182,3 +182,33 @@ def partition_mixture(dataset: ImageDataset, num_sites: int, rng: np.random.Gene
     share = min(int(np.floor(fraction * len(secondary) + 1e-9)), len(secondary) // num_sites)
     return [np.concatenate([np.flatnonzero((sources == primary_source) & (labels == site)),
                             secondary[site * share:(site + 1) * share]]) for site in range(num_sites)]
+
+
+@register_partitioner("by_class")
+def partition_by_class(dataset: ImageDataset, num_sites: int, rng: np.random.Generator,
+                       classes: list[list[int]] | None = None,
+                       shares: list[float] | None = None) -> list[np.ndarray]:
+    """Site j holds the classes `classes[j]` (disjoint across sites), a random `shares[j]` of each (default 1).
+
+    Declares a federation exactly, e.g. the two-site disjoint case of UA-GAN: classes = [[1], [7]],
+    shares = [1.0, 0.3333] gives trousers : sneakers = 3 : 1.
+    """
+    num_classes = dataset.num_classes
+    fix = f"give one list of labels (0..{num_classes - 1}) per site, e.g. classes = [[1], [7]]"
+    if (not isinstance(classes, list) or len(classes) != num_sites
+            or not all(isinstance(site, list) and site for site in classes)):
+        raise ScenarioError("partition.classes", f"got {classes!r} for {num_sites} sites", fix)
+    flat = [c for site in classes for c in site]
+    if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_classes for c in flat):
+        raise ScenarioError("partition.classes", f"got {classes!r}", fix)
+    if len(set(flat)) != len(flat):
+        raise ScenarioError("partition.classes", f"a label appears at two sites in {classes!r}",
+                            "list each label at one site only (shards are disjoint)")
+    shares = [1.0] * num_sites if shares is None else shares
+    if (not isinstance(shares, list) or len(shares) != num_sites
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1 for v in shares)):
+        raise ScenarioError("partition.shares", f"got {shares!r}",
+                            f"give {num_sites} numbers in (0, 1], one per site (the share of its classes' items)")
+    by_label = _split_by_label(dataset.labels.numpy(), num_classes, rng)
+    return [np.concatenate([by_label[c][: max(1, int(round(share * len(by_label[c]))))] for c in site_classes])
+            for site_classes, share in zip(classes, shares)]

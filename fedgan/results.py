@@ -5,6 +5,8 @@
     <out>/summary.json         the results contract (below), written last
     <out>/samples_*.png        sample grids (one row per class for a conditional generator)
     <out>/curves.png           generator / discriminator loss and FID_LeNet against rounds
+    <out>/mixture.md, mixture.png  where there is a mixture to measure (`fedgan.evaluation.mixture`): per label,
+                               each source's share among generated samples against the real share; site shares
     <out>/checkpoint.pt        generator, its optimizer, sampling RNG, round, and site states where reachable
 
 summary.json always has: dataset, num_sites, aggregator, rounds, wall_seconds, fid_lenet, kid, class_histogram
@@ -24,7 +26,7 @@ from fedgan import __version__
 from fedgan.datasets import DatasetSplits
 from fedgan.engine import SiteEngine, SiteInfo
 from fedgan.evaluation.classifier import Evaluator
-from fedgan.evaluation.plots import plot_training_curves, save_sample_grid
+from fedgan.evaluation.plots import plot_mixture_shares, plot_training_curves, save_sample_grid
 from fedgan.scenario import Scenario
 from fedgan.storage import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
 
@@ -100,6 +102,11 @@ class RunRecorder:
         """A sample grid PNG."""
         save_sample_grid(images, self.out / name, nrow=nrow)
 
+    def save_mixture(self, report: dict[str, Any]) -> None:
+        """mixture.md and mixture.png: the generated mixture against the real one."""
+        atomic_write_text(self.out / "mixture.md", mixture_markdown({self.scenario.training.aggregator: report}))
+        plot_mixture_shares({self.scenario.training.aggregator: report}, self.out / "mixture.png")
+
     def save_checkpoint(self, server: Any, engine: SiteEngine) -> None:
         """Everything needed to resume or sample: the server's state and, where reachable, the sites'."""
         atomic_torch_save(
@@ -170,3 +177,39 @@ def unlearning_report(entries: list[dict[str, Any]]) -> str:
                      f"{entry['speedup_rounds_vs_retrain']:.1f}× in rounds")
         lines += ["", f"Cost: {cost}.", ""]
     return "\n".join(lines)
+
+
+def mixture_markdown(reports: dict[str, dict[str, Any]]) -> str:
+    """Per-label source shares and site shares of one or more runs (keyed by aggregator) as Markdown."""
+    lines = ["# Mixture learned by the generator", ""]
+    first = next(iter(reports.values()))
+    if "per_label" in first:
+        sources = first["sources"]
+        lines += [f"Share of **{sources[0]}** among generated samples of each label ({first['grouped_by']}); "
+                  "the real share in the first column. Error = total-variation distance of the source mix.", ""]
+        names = list(reports)
+        lines.append("| label | real | " + " | ".join(names) + " |")
+        lines.append("|---|---|" + "---|" * len(names))
+        for i, row in enumerate(first["per_label"]):
+            cells = [f"{reports[n]['per_label'][i]['generated'][0]:.3f}" for n in names]
+            lines.append(f"| {row['label']} {row['name']} | {row['real'][0]:.3f} | " + " | ".join(cells) + " |")
+        lines.append("| **mean abs. error** | | " + " | ".join(f"**{reports[n]['mae']:.3f}**" for n in names) + " |")
+        if "label_fidelity" in first:
+            lines.append("| label fidelity | | " + " | ".join(f"{reports[n]['label_fidelity']:.3f}" for n in names)
+                         + " |")
+        lines.append("")
+    if "sites" in first:
+        names = list(reports)
+        lines += ["Share of generated samples in each site's labels against the site's share of the data.", "",
+                  "| site | labels | data share | " + " | ".join(names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        for i, site in enumerate(first["sites"]):
+            cells = [f"{reports[n]['sites'][i]['share']:.3f}" for n in names]
+            lines.append(f"| {site['site']} | {site['labels']} | {site['weight']:.3f} | " + " | ".join(cells) + " |")
+        lines.append("| **max abs. error** | | | " + " | ".join(
+            f"**{reports[n]['site_share_max_error']:.3f}**" for n in names) + " |")
+        lines.append("")
+    accuracy = first.get("evaluator_mode_accuracy")
+    if accuracy is not None:
+        lines.append(f"Evaluator (source × label) test accuracy: {accuracy:.4f}; {first['samples']} samples per run.")
+    return "\n".join(lines) + "\n"

@@ -22,6 +22,9 @@ from fedgan.models import ModelSpec
 ENGINES = ("flower", "inprocess")
 SITE_WEIGHTS = ("size", "uniform", "per_class")
 LABEL_SAMPLING = ("uniform", "data")
+REAL_SAMPLING = ("shard", "balanced")
+R1_TARGETS = ("logit", "probability")
+LR_SCHEDULES = ("constant", "linear_decay")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -32,6 +35,7 @@ class DataConfig:
     name: str = "fashion_mnist"
     root: str | None = None
     train_limit: int | None = None  # keep a seeded random subset of this many training items (small shards)
+    classes: tuple[int, ...] = ()  # only these labels, relabelled 0..k-1 (empty: all)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,6 +69,9 @@ class TrainingConfig:
     r1_gamma: float = 0.0
     site_weights: str = "size"
     label_sampling: str = "uniform"
+    real_sampling: str = "shard"
+    r1_target: str = "logit"
+    lr_schedule: str = "constant"
 
 
 @dataclass(frozen=True)
@@ -91,9 +98,10 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """Run the same scenario once per listed aggregator, side by side (empty: a single run)."""
+    """Run the same scenario once per listed aggregator (and per listed seed), side by side (empty: a single run)."""
 
     aggregators: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()  # empty: the scenario's seed only
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,7 @@ class Scenario:
 
 
 # Tables whose free-form keys are passed on to a registry entry (loader or partitioner options).
-_OPTION_TABLES = {"data": ("name", "root", "train_limit"), "partition": ("scheme",)}
+_OPTION_TABLES = {"data": ("name", "root", "train_limit", "classes"), "partition": ("scheme",)}
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "sites": SitesConfig, "partition": PartitionConfig, "model": ModelSpec,
     "training": TrainingConfig, "evaluation": EvaluationConfig, "engine": EngineConfig, "compare": CompareConfig,
@@ -309,6 +317,12 @@ def validate(s: Scenario) -> None:
     _require(t.r1_gamma >= 0, "training.r1-gamma", f"got {t.r1_gamma}", "use 0 (off) or a positive weight")
     _one_of(t.site_weights, SITE_WEIGHTS, "training.site-weights")
     _one_of(t.label_sampling, LABEL_SAMPLING, "training.label-sampling")
+    _one_of(t.real_sampling, REAL_SAMPLING, "training.real-sampling")
+    _one_of(t.r1_target, R1_TARGETS, "training.r1-target")
+    _one_of(t.lr_schedule, LR_SCHEDULES, "training.lr-schedule")
+    _require(t.lr_schedule == "constant" or not s.forget, "training.lr-schedule",
+             f"{t.lr_schedule!r} cannot be combined with [[forget]] requests yet (unlearning rounds would run on the "
+             "decayed learning rate)", 'use lr-schedule = "constant" in scenarios with forget requests')
     _require(
         t.site_weights != "per_class" or s.model.conditional, "training.site-weights",
         "per_class weights need a conditional generator", "set model.conditional = true or use size/uniform",
@@ -327,6 +341,12 @@ def validate(s: Scenario) -> None:
     _require(g.round_timeout > 0, "engine.round-timeout", f"got {g.round_timeout}", "use a positive number of seconds")
     for name in s.compare.aggregators:
         _one_of(name, AGGREGATORS, "compare.aggregators")
+    for seed in s.compare.seeds:
+        _require(seed >= 0, "compare.seeds", f"got {seed}", "use non-negative integers")
+    _require(len(set(s.compare.seeds)) == len(s.compare.seeds), "compare.seeds", f"got {list(s.compare.seeds)}",
+             "list each seed once")
+    _require(not s.compare.seeds or s.compare.aggregators, "compare.seeds", "given without compare.aggregators",
+             'list the aggregators to compare, e.g. aggregators = ["ua", "avg"]')
     _validate_partition_options(s)
     _validate_unlearning(s)
 

@@ -23,13 +23,35 @@ from fedgan.seeding import derive_seed, torch_generator
 
 @dataclass(frozen=True)
 class SiteOptions:
-    """A site's local training settings (taken from the scenario's [training] table)."""
+    """A site's local training settings (taken from the scenario's [training] table).
+
+    real_sampling ``shard``: real batches drawn uniformly from the shard (D_j then estimates the joint ratio
+    p_j(x, y) / q(x, y)); ``balanced``: a label uniformly among those the site holds, then an item of it (D_j
+    estimates the per-label ratio p_j(x|y) / q(x|y), the ratio per-class site weights assume; ALGORITHMS.md §1).
+    r1_target: the R1 penalty on the real ``logit`` (Mescheder et al.) or on the ``probability`` (reference code).
+    lr_schedule ``linear_decay``: constant for the first half of `total_rounds`, then linearly to 0 (the paper's
+    200 + 200 epochs); ``constant``: no schedule.
+    """
 
     batch_size: int = 64
     d_steps: int = 1
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     r1_gamma: float = 0.0
+    real_sampling: str = "shard"
+    r1_target: str = "logit"
+    lr_schedule: str = "constant"
+    total_rounds: int = 0
+
+
+def learning_rate_factor(schedule: str, round_index: int | None, total_rounds: int) -> float:
+    """The learning-rate multiplier of `schedule` at `round_index` (1-based) of `total_rounds`."""
+    if schedule == "constant" or round_index is None or total_rounds <= 0:
+        return 1.0
+    if schedule == "linear_decay":
+        half = total_rounds / 2
+        return float(min(1.0, max(0.0, (total_rounds - round_index + 1) / half)))
+    raise KeyError(f"unknown learning-rate schedule {schedule!r}")
 
 
 STAGE_PROBE_ITEMS = 256  # forget items on which a stage reports mean D before/after
@@ -106,7 +128,13 @@ class Site:
     def _refresh_active(self) -> None:
         """Positions the real stream samples from: the shard minus excluded items (ALGORITHMS.md §5 substitution)."""
         keep = ~np.isin(self._ids, np.fromiter(self.excluded, dtype=np.int64, count=len(self.excluded)))
-        self._active = torch.from_numpy(np.flatnonzero(keep)).to(self.device)
+        active = np.flatnonzero(keep)
+        # For balanced sampling: the active positions sorted by label, with each held label's start and count.
+        active = active[np.argsort(self.shard.labels.numpy()[active], kind="stable")]
+        labels, starts, counts = np.unique(self.shard.labels.numpy()[active], return_index=True, return_counts=True)
+        self._active = torch.from_numpy(active).to(self.device)
+        self._label_starts = torch.from_numpy(starts).to(self.device)
+        self._label_counts = torch.from_numpy(counts).to(self.device)
 
     @property
     def has_real(self) -> bool:
@@ -146,8 +174,11 @@ class Site:
         return np.bincount(self.shard.labels.numpy(), minlength=self.num_classes).astype(np.int64)
 
     # ---- one UA round, the site's half ----
-    def score(self, fake: torch.Tensor, labels: torch.Tensor | None) -> SiteReply:
+    def score(self, fake: torch.Tensor, labels: torch.Tensor | None, round_index: int | None = None) -> SiteReply:
         """Update D on real vs `fake`, then return logits of `fake` and ∂logit/∂fake from the updated D."""
+        factor = learning_rate_factor(self.options.lr_schedule, round_index, self.options.total_rounds)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.options.lr * factor
         fake = fake.to(self.device, torch.float32)
         labels = labels.to(self.device) if (labels is not None and self.conditional) else None
         stats = (0.0, 0.0, 0.0)
@@ -160,7 +191,12 @@ class Site:
     def _sample_real(self, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.has_real:
             raise ValueError(f"site {self.site_id} has no retained item to sample")
-        pick = torch.randint(len(self._active), (batch,), generator=self.rng).to(self.device)
+        if self.options.real_sampling == "balanced":
+            label = torch.randint(len(self._label_counts), (batch,), generator=self.rng).to(self.device)
+            within = (torch.rand(batch, generator=self.rng).to(self.device) * self._label_counts[label]).long()
+            pick = self._label_starts[label] + torch.minimum(within, self._label_counts[label] - 1)
+        else:
+            pick = torch.randint(len(self._active), (batch,), generator=self.rng).to(self.device)
         index = self._active[pick]
         return self._images[index], (self._labels[index] if self.conditional else None)
 
@@ -175,8 +211,10 @@ class Site:
         fake_logits = D(fake, fake_labels)
         loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
         if use_r1:
-            # R1 (Mescheder et al. 2018) on the real logits; the reference code takes it on probabilities.
-            (grad_real,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+            # R1 (Mescheder et al. 2018) on the real logits, or on D's probability as the reference code does
+            # (σ' ≤ 1/4 damps it, and it vanishes where D is confident).
+            target = real_logits if self.options.r1_target == "logit" else torch.sigmoid(real_logits)
+            (grad_real,) = torch.autograd.grad(target.sum(), real, create_graph=True)
             loss = loss + 0.5 * self.options.r1_gamma * grad_real.pow(2).flatten(1).sum(1).mean()
         loss.backward()
         self.optimizer.step()

@@ -13,7 +13,9 @@ from typing import Any
 
 from fedgan.engine import InProcessEngine
 from fedgan.errors import FedganError
+from fedgan.evaluation.plots import plot_mixture_shares
 from fedgan.experiment import ProgressFn, prepare, run_experiment
+from fedgan.results import mixture_markdown
 from fedgan.scenario import Scenario
 from fedgan.storage import atomic_write_json, atomic_write_text
 
@@ -84,34 +86,72 @@ def run_scenario(scenario: Scenario, out: Path, progress: ProgressFn | None = No
     return run_flower(scenario, out, progress, wire_log)
 
 
-def run_comparison(scenario: Scenario, out: Path, progress: ProgressFn | None) -> dict[str, Any]:
-    """The same scenario, seeds and budget once per aggregator; side-by-side table in comparison.md."""
-    variants: dict[str, dict[str, Any]] = {}
+def comparison_variants(scenario: Scenario) -> dict[str, Scenario]:
+    """One scenario per aggregator (x seed): keys "ua", "avg" or, with several seeds, "ua-seed0", "ua-seed1"."""
+    seeds = scenario.compare.seeds or (scenario.seed,)
+    variants = {}
     for name in scenario.compare.aggregators:
-        variant = scenario.replace(
-            name=f"{scenario.name}-{name}",
-            training=dataclasses.replace(scenario.training, aggregator=name),
-            compare=dataclasses.replace(scenario.compare, aggregators=()),
-        )
-        variants[name] = run_scenario(variant, out / name, progress)
+        for seed in seeds:
+            key = name if len(seeds) == 1 else f"{name}-seed{seed}"
+            variants[key] = scenario.replace(
+                name=f"{scenario.name}-{key}", seed=seed,
+                training=dataclasses.replace(scenario.training, aggregator=name),
+                compare=dataclasses.replace(scenario.compare, aggregators=(), seeds=()),
+            )
+    return variants
+
+
+def run_comparison(scenario: Scenario, out: Path, progress: ProgressFn | None) -> dict[str, Any]:
+    """The same scenario, seeds and budget once per aggregator (and seed); comparison.md, mixture.png side by side."""
+    variants: dict[str, dict[str, Any]] = {}
+    for key, variant in comparison_variants(scenario).items():
+        variants[key] = run_scenario(variant, out / key, progress)
     first = next(iter(variants.values()))
     summary = {
         "scenario": scenario.name, "dataset": first["dataset"], "num_sites": first["num_sites"],
-        "aggregator": list(variants), "rounds": first["rounds"],
-        "wall_seconds": sum(v["wall_seconds"] for v in variants.values()),
+        "aggregator": list(scenario.compare.aggregators), "seeds": list(scenario.compare.seeds or [scenario.seed]),
+        "rounds": first["rounds"], "wall_seconds": sum(v["wall_seconds"] for v in variants.values()),
         "evaluator_accuracy": first["evaluator_accuracy"], "variants": variants,
     }
+    mixtures = {key: v["mixture"] for key, v in variants.items() if "mixture" in v}
+    if mixtures:
+        summary["mixture"] = mixture_summary(mixtures, scenario)
+        plot_mixture_shares(mixtures, out / "mixture.png")
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_text(out / "comparison.md", comparison_table(variants))
+    text = comparison_table(variants)
+    if mixtures:
+        text += "\n" + mixture_markdown(mixtures)
+    atomic_write_text(out / "comparison.md", text)
     return summary
+
+
+def mixture_summary(mixtures: dict[str, dict[str, Any]], scenario: Scenario) -> dict[str, Any]:
+    """Per aggregator: each seed's mixture error and their mean (per-label MAE and/or site-share error)."""
+    seeds = scenario.compare.seeds or (scenario.seed,)
+    result: dict[str, Any] = {}
+    for name in scenario.compare.aggregators:
+        runs = [mixtures[name if len(seeds) == 1 else f"{name}-seed{seed}"] for seed in seeds]
+        entry: dict[str, Any] = {"seeds": list(seeds)}
+        for key in ("mae", "site_share_max_error", "label_fidelity"):
+            if key in runs[0]:
+                values = [run[key] for run in runs]
+                entry[key] = values
+                entry[f"{key}_mean"] = float(sum(values) / len(values))
+        if "sites" in runs[0]:
+            entry["site_shares"] = [[site["share"] for site in run["sites"]] for run in runs]
+            entry["site_weights"] = [site["weight"] for site in runs[0]["sites"]]
+        result[name] = entry
+    return result
 
 
 def comparison_table(variants: dict[str, dict[str, Any]]) -> str:
     """A Markdown table of the headline numbers of each variant."""
-    rows = ["| aggregator | FID_LeNet | KID | class coverage | real-vs-generated histogram L1 | seconds |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| variant | FID_LeNet | KID | class coverage | real-vs-generated histogram L1 | mixture error | seconds |",
+            "|---|---|---|---|---|---|---|"]
     for name, v in variants.items():
         l1 = sum(abs(a - b) for a, b in zip(v["class_histogram"], v["real_class_histogram"]))
+        mixture = v.get("mixture", {})
+        error = mixture.get("mae", mixture.get("site_share_max_error"))
         rows.append(f"| {name} | {v['fid_lenet']:.2f} | {v['kid']:.4f} | {v.get('class_coverage', float('nan')):.2f} "
-                    f"| {l1:.3f} | {v['wall_seconds']:.0f} |")
+                    f"| {l1:.3f} | {'–' if error is None else f'{error:.3f}'} | {v['wall_seconds']:.0f} |")
     return "\n".join(rows) + "\n"

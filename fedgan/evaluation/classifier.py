@@ -4,6 +4,11 @@ ALGORITHMS.md section 4: with no downloads allowed, there is no Inception networ
 images through this net instead: its penultimate activations feed FID_LeNet and KID, its predictions feed the class
 histogram, class coverage, the Inception-Score analogue and label fidelity (see `metrics.py`). Its test accuracy and
 the hash of its weights travel with every result, so a number says which yardstick measured it.
+
+On a mixed dataset (items tagged with a `source`, e.g. MNIST digits and Fashion-MNIST garments sharing labels 0-9)
+the net is trained on modes, mode = source * num_classes + label (20 classes for the hard split), so it can tell a
+generated "3" that is a digit from one that is a dress. `Evaluator.logits` still returns label logits (log-sum-exp
+over sources), so every label metric reads the same; `Evaluator.predict_modes` gives the mode.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from fedgan.storage import atomic_torch_save, cache_dir
 SUPPORTED_SHAPES = ((1, 28, 28), (3, 32, 32))
 FEATURE_DIM = 128
 # Bump when the architecture or the training recipe changes, so stale cached evaluators are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 BATCH_SIZE = 128
 EVAL_BATCH_SIZE = 1000
 PEAK_LEARNING_RATE = 3e-3
@@ -76,13 +81,15 @@ class Evaluator:
     """A trained `EvaluatorNet` plus what identifies it: test accuracy, weight hash, dataset key."""
 
     net: EvaluatorNet
-    accuracy: float
-    num_classes: int
+    accuracy: float  # label accuracy on the test split
+    num_classes: int  # labels
     feature_dim: int
     sha256: str
     dataset_key: str
     train_seconds: float
     from_cache: bool = False
+    num_sources: int = 1  # > 1: the net's outputs are modes (source * num_classes + label)
+    mode_accuracy: float | None = None  # mode (source and label) accuracy on the test split, mixed datasets only
 
     @property
     def device(self) -> torch.device:
@@ -96,12 +103,16 @@ class Evaluator:
         fn = getattr(self.net, fn_name)
         outputs = [fn(batch.to(self.device, torch.float32)) for batch in images.split(EVAL_BATCH_SIZE)]
         if not outputs:
-            return torch.empty(0, self.feature_dim if fn_name == "features" else self.num_classes)
+            return torch.empty(0, self.feature_dim if fn_name == "features" else self.num_classes * self.num_sources)
         return torch.cat(outputs).to(images.device)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits (N, num_classes) for images in [-1, 1]."""
-        return self._batched(images, "forward")
+        """Class logits (N, num_classes) for images in [-1, 1] (summed over sources on a mixed dataset)."""
+        return label_logits(self._batched(images, "forward"), self.num_classes)
+
+    def predict_modes(self, images: torch.Tensor) -> torch.Tensor:
+        """Predicted mode, source * num_classes + label (int64, N); equals the label on a single-source dataset."""
+        return self._batched(images, "forward").argmax(dim=1)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Predicted class (int64, N) for images in [-1, 1]."""
@@ -110,6 +121,11 @@ class Evaluator:
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features (N, feature_dim) for images in [-1, 1]."""
         return self._batched(images, "features")
+
+
+def label_logits(mode_logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, S * C) mode logits -> (N, C) label logits: log Σ_s exp(mode logit), the label's log-probability + const."""
+    return mode_logits.view(len(mode_logits), -1, num_classes).logsumexp(dim=1)
 
 
 def state_dict_sha256(net: nn.Module) -> str:
@@ -172,14 +188,16 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
 
 
 @torch.no_grad()
-def _accuracy(net: EvaluatorNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
-    """Share of `images` whose argmax logit is the label (eval mode)."""
+def _accuracy(net: EvaluatorNet, images: torch.Tensor, targets: torch.Tensor, device: torch.device,
+              num_classes: int | None = None) -> float:
+    """Share of `images` whose argmax is the target (eval mode); with `num_classes`, argmax of the label logits."""
     net.eval()
-    correct = sum(
-        int((net(x.to(device)).argmax(dim=1).cpu() == y.cpu()).sum())
-        for x, y in zip(images.split(EVAL_BATCH_SIZE), labels.split(EVAL_BATCH_SIZE), strict=True)
-    )
-    return correct / max(len(labels), 1)
+    correct = 0
+    for x, y in zip(images.split(EVAL_BATCH_SIZE), targets.split(EVAL_BATCH_SIZE), strict=True):
+        out = net(x.to(device))
+        out = label_logits(out, num_classes) if num_classes is not None else out
+        correct += int((out.argmax(dim=1).cpu() == y.cpu()).sum())
+    return correct / max(len(targets), 1)
 
 
 def train_evaluator_net(
@@ -229,7 +247,8 @@ def _load_cached(path: Path, image_shape: tuple[int, ...], device: torch.device)
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        net = EvaluatorNet(image_shape, payload["num_classes"], payload["feature_dim"])
+        num_sources = payload.get("num_sources", 1)
+        net = EvaluatorNet(image_shape, payload["num_classes"] * num_sources, payload["feature_dim"])
         net.load_state_dict(payload["state_dict"])
     except Exception as error:  # a cache is disposable: any unreadable file is simply rebuilt
         warnings.warn(f"ignoring unreadable evaluator cache {path}: {error}", stacklevel=3)
@@ -246,6 +265,8 @@ def _load_cached(path: Path, image_shape: tuple[int, ...], device: torch.device)
         dataset_key=payload["dataset_key"],
         train_seconds=payload["train_seconds"],
         from_cache=True,
+        num_sources=num_sources,
+        mode_accuracy=payload.get("mode_accuracy"),
     )
 
 
@@ -262,19 +283,32 @@ def load_or_train_evaluator(
     device: str | torch.device = "cpu",
     cache: Path | None = None,
     progress: bool = False,
+    train_sources: torch.Tensor | None = None,
+    test_sources: torch.Tensor | None = None,
 ) -> Evaluator:
     """The evaluator for this dataset: loaded from the cache when one matches, else trained, tested and cached.
 
     Images are float (N,C,H,W) in [-1, 1], labels int64 (N,). `cache` is a folder overriding
     `cache_dir("evaluators")`. The cache file name hashes the data fingerprint, shape, classes, epochs and seed,
     so a changed input never reuses a stale net. Training on Fashion-MNIST (4 epochs) takes about 40 s on 2 CPU cores
-    and reaches about 91 % test accuracy (ALGORITHMS.md section 4).
+    and reaches about 91 % test accuracy (ALGORITHMS.md section 4). With `train_sources`/`test_sources` (a mixed
+    dataset), the net learns modes source * num_classes + label (see the module docstring).
     """
-    for split, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
-        _check_inputs(images, labels, num_classes, split)
+    num_sources = 1
+    if train_sources is not None:
+        if test_sources is None:
+            raise DataError("test_sources", "missing", "pass the sources of both splits, or of neither")
+        num_sources = int(max(train_sources.max(), test_sources.max())) + 1
+        train_targets = train_sources * num_classes + train_labels
+        test_targets = test_sources * num_classes + test_labels
+    else:
+        train_targets, test_targets = train_labels, test_labels
+    num_outputs = num_classes * num_sources
+    for split, images, targets in (("train", train_images, train_targets), ("test", test_images, test_targets)):
+        _check_inputs(images, targets, num_outputs, split)
     device = torch.device(device)
     path = evaluator_cache_path(
-        dataset_key, train_images, train_labels, test_images, test_labels, num_classes,
+        dataset_key, train_images, train_targets, test_images, test_targets, num_outputs,
         seed=seed, epochs=epochs, cache=cache,
     )
     cached = _load_cached(path, tuple(train_images.shape[1:]), device)
@@ -284,10 +318,11 @@ def load_or_train_evaluator(
     # ---- train, test, store ----
     start = time.perf_counter()
     net = train_evaluator_net(
-        train_images, train_labels, num_classes, seed=seed, epochs=epochs, device=device, progress=progress
+        train_images, train_targets, num_outputs, seed=seed, epochs=epochs, device=device, progress=progress
     )
     train_seconds = time.perf_counter() - start
-    accuracy = _accuracy(net, test_images, test_labels, device)
+    accuracy = _accuracy(net, test_images, test_labels, device, num_classes)
+    mode_accuracy = _accuracy(net, test_images, test_targets, device) if num_sources > 1 else None
     evaluator = Evaluator(
         net=net,
         accuracy=accuracy,
@@ -296,11 +331,15 @@ def load_or_train_evaluator(
         sha256=state_dict_sha256(net),
         dataset_key=dataset_key,
         train_seconds=train_seconds,
+        num_sources=num_sources,
+        mode_accuracy=mode_accuracy,
     )
     atomic_torch_save(path, {
         "state_dict": {name: tensor.cpu() for name, tensor in net.state_dict().items()},
         "accuracy": accuracy,
+        "mode_accuracy": mode_accuracy,
         "num_classes": num_classes,
+        "num_sources": num_sources,
         "feature_dim": net.feature_dim,
         "sha256": evaluator.sha256,
         "dataset_key": dataset_key,

@@ -72,3 +72,29 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | os.PathL
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_mixture_shares(reports: dict[str, dict[str, Any]], path: str | os.PathLike[str]) -> None:
+    """Bars of the first source's share per label (or each site's share) for every run, the real share as marks."""
+    first = next(iter(reports.values()))
+    per_label = "per_label" in first
+    rows = first["per_label"] if per_label else first.get("sites", [])
+    figure = Figure(figsize=(max(6.0, 0.9 * len(rows) * max(len(reports), 1) / 2 + 3), 4), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / max(len(reports), 1)
+    for k, (name, report) in enumerate(reports.items()):
+        values = [r["generated"][0] for r in report["per_label"]] if per_label else [s["share"] for s in
+                                                                                     report["sites"]]
+        axes.bar([i + (k - (len(reports) - 1) / 2) * width for i in range(len(values))], values, width, label=name)
+    truth = [r["real"][0] for r in rows] if per_label else [s["weight"] for s in rows]
+    axes.scatter(range(len(truth)), truth, color="black", marker="_", s=600, linewidths=2, label="real", zorder=3)
+    axes.set_xticks(range(len(rows)))
+    axes.set_xticklabels([str(r["label"]) for r in rows] if per_label else [f"site {s['site']}" for s in rows])
+    axes.set_ylim(0, 1)
+    axes.set_ylabel(f"share of {first['sources'][0]}" if per_label else "share of generated samples")
+    axes.set_xlabel("label" if per_label else "site")
+    axes.legend()
+    axes.grid(alpha=0.3, axis="y")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
