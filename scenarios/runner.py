@@ -28,8 +28,11 @@ FLOWER_ENV = {
 }
 
 
-def with_overrides(scenario: Scenario, *, engine: str | None = None, rounds: int | None = None) -> Scenario:
+def with_overrides(scenario: Scenario, *, engine: str | None = None, rounds: int | None = None,
+                   data_root: str | None = None) -> Scenario:
     """The scenario with command-line overrides applied (and re-validated)."""
+    if data_root is not None:
+        scenario = scenario.replace(data=dataclasses.replace(scenario.data, root=data_root))
     if engine is not None:
         scenario = scenario.replace(engine=dataclasses.replace(scenario.engine, name=engine))
     if rounds is not None:
@@ -75,11 +78,11 @@ def run_flower(scenario: Scenario, out: Path, progress: ProgressFn | None,
 
 
 def run_scenario(scenario: Scenario, out: Path, progress: ProgressFn | None = None,
-                 wire_log: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 wire_log: list[dict[str, Any]] | None = None, jobs: int = 1) -> dict[str, Any]:
     """Run one scenario (or, with [compare], one run per aggregator plus a comparison). Returns the summary."""
     check_out_dir(out)
     if scenario.compare.aggregators:
-        return run_comparison(scenario, out, progress)
+        return run_comparison(scenario, out, progress, jobs)
     prepared = prepare(scenario)  # bad data or partition fails here, before anything is written
     if scenario.engine.name == "inprocess":
         return run_inprocess(scenario, out, progress, prepared)
@@ -101,11 +104,34 @@ def comparison_variants(scenario: Scenario) -> dict[str, Scenario]:
     return variants
 
 
-def run_comparison(scenario: Scenario, out: Path, progress: ProgressFn | None) -> dict[str, Any]:
-    """The same scenario, seeds and budget once per aggregator (and seed); comparison.md, mixture.png side by side."""
+def _run_variant(variant: Scenario, out: Path, threads: int) -> dict[str, Any]:
+    """One comparison variant in a worker process (torch threads shared out between the workers)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_scenario(variant, out)
+
+
+def run_comparison(scenario: Scenario, out: Path, progress: ProgressFn | None, jobs: int = 1) -> dict[str, Any]:
+    """The same scenario, seeds and budget once per aggregator (and seed); comparison.md, mixture.png side by side.
+
+    With `jobs` > 1 the variants run in that many worker processes at once (each its own seeded run, so the
+    numbers are those of a sequential run); a GPU has room for several small federations side by side.
+    """
+    planned = comparison_variants(scenario)
+    prepare(scenario)  # bad data fails here, before any variant starts (and the evaluator is cached once)
     variants: dict[str, dict[str, Any]] = {}
-    for key, variant in comparison_variants(scenario).items():
-        variants[key] = run_scenario(variant, out / key, progress)
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {key: pool.submit(_run_variant, variant, out / key, threads) for key, variant in planned.items()}
+            variants = {key: future.result() for key, future in futures.items()}
+    else:
+        for key, variant in planned.items():
+            variants[key] = run_scenario(variant, out / key, progress)
     first = next(iter(variants.values()))
     summary = {
         "scenario": scenario.name, "dataset": first["dataset"], "num_sites": first["num_sites"],

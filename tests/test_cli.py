@@ -24,6 +24,15 @@ BAD_SCENARIOS = {
     "unknown key": ('[training]\nlearning-rate = 0.1\n', "training.learning-rate"),
     "malformed toml": ("[training\nrounds = 3\n", "scenario"),
     "per-class weights without labels": ('[training]\nsite-weights = "per_class"\n', "training.site-weights"),
+    "unknown real sampling": ('[training]\nreal-sampling = "stratified"\n', "training.real-sampling"),
+    "unknown r1 target": ('[training]\nr1-target = "weights"\n', "training.r1-target"),
+    "decay with forget requests": ('[training]\nlr-schedule = "linear_decay"\nrounds = 10\n'
+                                   '[[forget]]\nround = 5\nsite = 0\nclass = 1\n', "training.lr-schedule"),
+    "seeds without aggregators": ('[compare]\nseeds = [0, 1]\n', "compare.seeds"),
+    "repeated seeds": ('[compare]\naggregators = ["ua"]\nseeds = [1, 1]\n', "compare.seeds"),
+    "classes repeated": ('[data]\nname = "synthetic"\nclasses = [1, 1]\n', "data.classes"),
+    "by_class label at two sites": ('[data]\nname = "synthetic"\n[sites]\ncount = 2\n[partition]\n'
+                                    'scheme = "by_class"\nclasses = [[1], [1]]\n', "partition.classes"),
 }
 
 

@@ -1,9 +1,11 @@
 """A site's local step: what it returns, that its state round-trips exactly, and R1."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedgan.engine import build_site
+from fedgan.scenario import PartitionConfig
 from tests.conftest import tiny_scenario
 
 
@@ -79,3 +81,40 @@ def test_forgotten_items_survive_a_state_round_trip_and_excluded_items_leave_the
     assert set(copy.held_ids().tolist()) == set(ids[5:].tolist())
     assert copy.excluded == set(ids[5:10].tolist())
     assert len(copy._active) == len(ids) - 10
+
+
+def test_r1_on_the_probability_is_a_different_penalty_from_r1_on_the_logit():
+    fake = torch.rand(16, 1, 28, 28) * 2 - 1
+    on_logit = build_site(tiny_scenario(training={"r1-gamma": 10.0}), 0).score(fake, None)
+    on_probability = build_site(tiny_scenario(training={"r1-gamma": 10.0, "r1-target": "probability"}), 0).score(
+        fake, None)
+    assert not torch.allclose(on_logit.logits, on_probability.logits)
+
+
+def test_balanced_real_sampling_draws_every_held_label_about_equally_often():
+    # Dirichlet shards are skewed; balanced sampling evens out the labels of the real stream.
+    def drawn_label_counts(real_sampling: str) -> tuple[torch.Tensor, torch.Tensor]:
+        scenario = tiny_scenario(model={"conditional": True}, training={"real-sampling": real_sampling}).replace(
+            partition=PartitionConfig("dirichlet", {"alpha": 0.3}))
+        site = build_site(scenario, 0)
+        held = torch.unique(site.shard.labels)
+        _, labels = site._sample_real(4000)
+        return torch.bincount(labels, minlength=site.num_classes)[held].float(), held
+
+    balanced, held = drawn_label_counts("balanced")
+    shard, _ = drawn_label_counts("shard")
+    assert len(held) >= 3
+    assert balanced.min() > 0.8 * balanced.mean()
+    assert shard.max() > 2 * shard.min()  # the shard itself is skewed
+
+
+def test_linear_decay_keeps_the_rate_for_the_first_half_then_falls_to_zero():
+    from fedgan.site import learning_rate_factor
+
+    assert learning_rate_factor("constant", 90, 100) == 1.0
+    assert learning_rate_factor("linear_decay", 50, 100) == 1.0
+    assert learning_rate_factor("linear_decay", 76, 100) == pytest.approx(0.5)
+    assert learning_rate_factor("linear_decay", 100, 100) == pytest.approx(0.02)
+    site = build_site(tiny_scenario(training={"lr-schedule": "linear_decay", "rounds": 10}), 0)
+    site.score(torch.zeros(4, 1, 28, 28), None, round_index=8)
+    assert site.optimizer.param_groups[0]["lr"] == pytest.approx(site.options.lr * 0.6)
