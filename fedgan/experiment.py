@@ -49,9 +49,15 @@ def evaluator_for(scenario: Scenario, splits: DatasetSplits) -> Evaluator:
     )
 
 
-def _real_reference(splits: DatasetSplits, count: int) -> torch.Tensor:
-    """The first `count` test images: the pooled real reference for FID/KID (same for every run)."""
-    return splits.test.float_images()[: min(count, len(splits.test))]
+def real_reference(splits: DatasetSplits, count: int) -> torch.Tensor:
+    """The pooled real reference for FID/KID, the same for every run: the first `count` test images, or on a mixed
+    dataset (whose test split is one source after the other) a fixed random `count` of them."""
+    test = splits.test
+    count = min(count, len(test))
+    if test.sources is None:
+        return test.float_images()[:count]
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:count]
+    return test.subset(pick.sort().values).float_images()
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ def evaluate(server: GeneratorServer, evaluator: Evaluator, splits: DatasetSplit
     labels = server.sample_labels(count, torch.Generator().manual_seed(1)) if server.conditional else None
     fake = server.sample(count, tag, labels)
     metrics = evaluate_generator_samples(
-        evaluator, _real_reference(splits, count), fake, splits.train.num_classes, fake_labels=labels
+        evaluator, real_reference(splits, count), fake, splits.train.num_classes, fake_labels=labels
     )
     if truth is not None:
         metrics["mixture"] = mixture_report(evaluator, fake, labels, truth.real_modes, truth.site_class_counts,

@@ -126,3 +126,15 @@ def test_hard_split_comparison_writes_mixture_for_every_aggregator_and_seed(tmp_
     for name in ("comparison.md", "mixture.png"):
         assert (tmp_path / "run" / name).stat().st_size > 0
     assert "mean abs. error" in (tmp_path / "run" / "comparison.md").read_text()
+
+
+def test_fid_reference_of_a_mixed_dataset_draws_from_every_source():
+    from fedgan.experiment import real_reference
+
+    splits = load_dataset("synthetic_mix", num_train=200, num_test=100)
+    reference = real_reference(splits, 50)
+    assert reference.shape == (50, 1, 28, 28)
+    # Inverted shapes are mostly bright: both kinds must be there, not only the first source's block.
+    brightness = reference.mean(dim=(1, 2, 3))
+    assert (brightness > 0).any() and (brightness < 0).any()
+    assert torch.equal(reference, real_reference(splits, 50))  # the same for every run
