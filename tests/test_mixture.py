@@ -138,3 +138,15 @@ def test_fid_reference_of_a_mixed_dataset_draws_from_every_source():
     brightness = reference.mean(dim=(1, 2, 3))
     assert (brightness > 0).any() and (brightness < 0).any()
     assert torch.equal(reference, real_reference(splits, 50))  # the same for every run
+
+
+def test_mixture_markdown_shows_every_run_next_to_the_truth():
+    from fedgan.results import mixture_markdown
+
+    counts = np.array([[0, 300, 0], [0, 0, 100]])
+    reports = {name: mixture_report(FixedModes(np.array(modes), num_sources=1), torch.zeros(4, 1, 28, 28), None,
+                                    counts.sum(0, keepdims=True), counts)
+               for name, modes in (("ua", [1, 1, 1, 2]), ("avg", [1, 1, 1, 1]))}
+    text = mixture_markdown(reports)
+    assert "| 0 | [1] | 0.750 | 0.750 | 1.000 |" in text
+    assert "**0.000** | **0.250**" in text
