@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=("flower", "inprocess"), help="override engine.name")
     run.add_argument("--rounds", type=int, help="override training.rounds")
     run.add_argument("--data-root", help="override data.root (a folder holding the dataset files)")
+    run.add_argument("--aggregators", help="override compare.aggregators, e.g. ua,avg")
+    run.add_argument("--seeds", help="override compare.seeds, e.g. 0,1")
     run.add_argument("--jobs", type=int, default=1,
                      help="with [compare]: run this many variants at once, each in its own process (e.g. on a GPU)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -54,12 +56,23 @@ def _progress_bar(total_hint: int) -> Any:
     return update
 
 
+def _csv(text: str | None, kind: type, flag: str) -> tuple | None:
+    """'a,b' -> (a, b) converted with `kind`; None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise FedganError(flag, f"got {text!r}", "give a comma-separated list, e.g. 0,1") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fedgan.scenario import load_scenario
     from scenarios.runner import default_out_dir, run_scenario, with_overrides
 
     scenario = with_overrides(load_scenario(args.scenario), engine=args.engine, rounds=args.rounds,
-                              data_root=args.data_root)
+                              data_root=args.data_root, aggregators=_csv(args.aggregators, str, "--aggregators"),
+                              seeds=_csv(args.seeds, int, "--seeds"))
     if args.jobs < 1:
         raise FedganError("--jobs", f"got {args.jobs}", "use 1 or more")
     out = Path(args.out) if args.out else default_out_dir(scenario)

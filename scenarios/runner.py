@@ -29,8 +29,13 @@ FLOWER_ENV = {
 
 
 def with_overrides(scenario: Scenario, *, engine: str | None = None, rounds: int | None = None,
-                   data_root: str | None = None) -> Scenario:
+                   data_root: str | None = None, aggregators: tuple[str, ...] | None = None,
+                   seeds: tuple[int, ...] | None = None) -> Scenario:
     """The scenario with command-line overrides applied (and re-validated)."""
+    if aggregators is not None:
+        scenario = scenario.replace(compare=dataclasses.replace(scenario.compare, aggregators=aggregators))
+    if seeds is not None:
+        scenario = scenario.replace(compare=dataclasses.replace(scenario.compare, seeds=seeds))
     if data_root is not None:
         scenario = scenario.replace(data=dataclasses.replace(scenario.data, root=data_root))
     if engine is not None:

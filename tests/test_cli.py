@@ -88,3 +88,12 @@ def test_every_shipped_scenario_validates(path):
 
     scenario = load_scenario(path)
     assert scenario.name == path.stem
+
+
+def test_compare_overrides_from_the_command_line_are_validated(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text('[compare]\naggregators = ["ua", "avg"]\n')
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--aggregators", "ua,fedavg", "--quiet"])
+    assert code == 2 and capsys.readouterr().err.startswith("fedgan: error: compare.aggregators")
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--seeds", "0,x", "--quiet"])
+    assert code == 2 and capsys.readouterr().err.startswith("fedgan: error: --seeds")
