@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from fedgan.engine import InProcessEngine, resolve_device  # noqa: E402
 from fedgan.evaluation.metrics import fid_lenet  # noqa: E402
 from fedgan.evaluation.mixture import headline, mixture_report  # noqa: E402
-from fedgan.experiment import mixture_truth, prepare, real_reference  # noqa: E402
+from fedgan.experiment import held_labels, mixture_truth, prepare, real_reference  # noqa: E402
 from fedgan.federation import GeneratorServer  # noqa: E402
 from fedgan.models import ModelSpec  # noqa: E402
 from fedgan.scenario import Scenario, TrainingConfig, load_scenario  # noqa: E402
@@ -90,7 +90,8 @@ def measure(server: GeneratorServer, evaluator: Any, splits: Any, truth: Any, sa
     """Mixture headline numbers and FID_LeNet on `samples` fresh samples (their own RNG stream)."""
     labels = server.sample_labels(samples, torch.Generator().manual_seed(1)) if server.conditional else None
     fake = server.sample(samples, "ablation", labels)
-    result: dict[str, Any] = {"fid_lenet": fid_lenet(evaluator, real_reference(splits, samples), fake)}
+    reference = real_reference(splits, samples, held_labels(server))
+    result: dict[str, Any] = {"fid_lenet": fid_lenet(evaluator, reference, fake)}
     if truth is not None:
         report = mixture_report(evaluator, fake, labels, truth.real_modes, truth.site_class_counts,
                                 truth.source_names, truth.class_names)

@@ -49,10 +49,13 @@ def evaluator_for(scenario: Scenario, splits: DatasetSplits) -> Evaluator:
     )
 
 
-def real_reference(splits: DatasetSplits, count: int) -> torch.Tensor:
+def real_reference(splits: DatasetSplits, count: int, labels: np.ndarray | None = None) -> torch.Tensor:
     """The pooled real reference for FID/KID, the same for every run: the first `count` test images, or on a mixed
-    dataset (whose test split is one source after the other) a fixed random `count` of them."""
+    dataset (whose test split is one source after the other) a fixed random `count` of them. With `labels`, only test
+    images of those labels (the labels the federation holds, when it does not hold all)."""
     test = splits.test
+    if labels is not None:
+        test = test.subset(np.flatnonzero(np.isin(test.labels.numpy(), labels)))
     count = min(count, len(test))
     if test.sources is None:
         return test.float_images()[:count]
@@ -85,14 +88,20 @@ def mixture_truth(scenario: Scenario, splits: DatasetSplits) -> MixtureTruth | N
     return MixtureTruth(modes, counts, train.source_names, train.class_names)
 
 
+def held_labels(server: GeneratorServer) -> np.ndarray | None:
+    """The labels the sites hold at the start, when they are not all of the dataset's (else None)."""
+    held = np.flatnonzero(server.class_counts.sum(0) > 0)
+    return None if len(held) == server.num_classes else held
+
+
 def evaluate(server: GeneratorServer, evaluator: Evaluator, splits: DatasetSplits, count: int, tag: str,
-             truth: MixtureTruth | None = None) -> dict:
-    """FID_LeNet, KID, class histogram and coverage (and label fidelity for conditional G) on `count` samples;
-    with `truth`, the `mixture` block too."""
+             truth: MixtureTruth | None = None, reference_labels: np.ndarray | None = None) -> dict:
+    """FID_LeNet, KID, class histogram and coverage (and label fidelity for conditional G) on `count` samples,
+    against test images of `reference_labels` (all when None); with `truth`, the `mixture` block too."""
     labels = server.sample_labels(count, torch.Generator().manual_seed(1)) if server.conditional else None
     fake = server.sample(count, tag, labels)
     metrics = evaluate_generator_samples(
-        evaluator, real_reference(splits, count), fake, splits.train.num_classes, fake_labels=labels
+        evaluator, real_reference(splits, count, reference_labels), fake, splits.train.num_classes, fake_labels=labels
     )
     if truth is not None:
         metrics["mixture"] = mixture_report(evaluator, fake, labels, truth.real_modes, truth.site_class_counts,
@@ -127,6 +136,7 @@ def run_experiment(
     recorder.start(splits, evaluator, sites)
     forget_service = ForgetService(scenario, splits, evaluator, out_dir, log=recorder.log)
     truth = mixture_truth(scenario, splits)
+    reference_labels = held_labels(server)  # fixed at the start: forgetting a class does not move the yardstick
     e = scenario.evaluation
     train_seconds = 0.0
 
@@ -145,14 +155,15 @@ def run_experiment(
             forget_service.serve(server, engine, requests, round_index)
         # ---------------- periodic evaluation ----------------
         if e.every and round_index % e.every == 0 and round_index < rounds:
-            metrics = evaluate(server, evaluator, splits, e.samples, f"round-{round_index}", truth)
+            metrics = evaluate(server, evaluator, splits, e.samples, f"round-{round_index}", truth,
+                               reference_labels)
             recorder.log({"kind": "evaluation", "round": round_index, **metrics, **headline(metrics.get("mixture"))})
             recorder.save_grid(*grid_samples(server, e.grid_per_class), f"samples_round_{round_index:05d}.png")
             line |= {"fid_lenet": metrics["fid_lenet"]}
         if progress is not None:
             progress(round_index, rounds, line)
 
-    final = evaluate(server, evaluator, splits, e.final_samples, "final", truth)
+    final = evaluate(server, evaluator, splits, e.final_samples, "final", truth, reference_labels)
     recorder.log({"kind": "evaluation", "round": rounds, "final": True, **final, **headline(final.get("mixture"))})
     if truth is not None:
         recorder.save_mixture(final["mixture"])

@@ -192,7 +192,8 @@ def mixture_markdown(reports: dict[str, dict[str, Any]]) -> str:
         lines.append("|---|---|" + "---|" * len(names))
         for i, row in enumerate(first["per_label"]):
             cells = [f"{reports[n]['per_label'][i]['generated'][0]:.3f}" for n in names]
-            lines.append(f"| {row['label']} {row['name']} | {row['real'][0]:.3f} | " + " | ".join(cells) + " |")
+            name = str(row["name"]).replace("|", " / ")  # mixed datasets join source names with "|"
+            lines.append(f"| {row['label']} {name} | {row['real'][0]:.3f} | " + " | ".join(cells) + " |")
         lines.append("| **mean abs. error** | | " + " | ".join(f"**{reports[n]['mae']:.3f}**" for n in names) + " |")
         if "label_fidelity" in first:
             lines.append("| label fidelity | | " + " | ".join(f"{reports[n]['label_fidelity']:.3f}" for n in names)

@@ -89,7 +89,7 @@ def registry_options(name: str, root: Path) -> dict:
     if name == "cifar10":
         write_cifar_folder(root)
         return {"root": str(root)}
-    if name == "synthetic":
+    if name in ("synthetic", "synthetic_mix"):
         return {"num_train": 40, "num_test": 20}
     if name == "mnist_fashion_mix":
         return {"mnist_root": str(write_idx_folder(root / "m", seed=1)),

@@ -150,3 +150,13 @@ def test_mixture_markdown_shows_every_run_next_to_the_truth():
     text = mixture_markdown(reports)
     assert "| 0 | [1] | 0.750 | 0.750 | 1.000 |" in text
     assert "**0.000** | **0.250**" in text
+
+
+def test_fid_reference_keeps_to_the_labels_the_federation_holds():
+    from fedgan.experiment import real_reference
+
+    splits = load_dataset("synthetic", num_train=200, num_test=200)
+    reference = real_reference(splits, 1000, np.array([1, 7]))
+    held = splits.test.labels[np.isin(splits.test.labels.numpy(), [1, 7])]
+    assert len(reference) == len(held) == 40
+    assert torch.equal(real_reference(splits, 30), splits.test.float_images()[:30])  # all labels: unchanged

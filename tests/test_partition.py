@@ -30,6 +30,7 @@ SCHEME_CASES = {
     "dirichlet": (5, {"alpha": 0.5}, True),
     "classes_per_site": (5, {"k": 2}, True),
     "mixture": (10, {}, False),
+    "by_class": (2, {"classes": [[0, 1], [2]], "shares": [0.5, 0.5]}, False),
 }
 
 
