@@ -120,8 +120,9 @@ def _run_variant(variant: Scenario, out: Path, threads: int) -> dict[str, Any]:
 def run_comparison(scenario: Scenario, out: Path, progress: ProgressFn | None, jobs: int = 1) -> dict[str, Any]:
     """The same scenario, seeds and budget once per aggregator (and seed); comparison.md, mixture.png side by side.
 
-    With `jobs` > 1 the variants run in that many worker processes at once (each its own seeded run, so the
-    numbers are those of a sequential run); a GPU has room for several small federations side by side.
+    With `jobs` > 1 the variants run in that many worker processes at once, seeded exactly as a sequential run
+    (floats may differ in the last digits with the number of torch threads); a GPU has room for several small
+    federations side by side.
     """
     planned = comparison_variants(scenario)
     prepare(scenario)  # bad data fails here, before any variant starts (and the evaluator is cached once)
