@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import multiprocessing
 import os
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.cascade_ablation import parse_variant as parse_overrides  # noqa: E402
 from fedgan.engine import InProcessEngine, resolve_device  # noqa: E402
 from fedgan.evaluation.metrics import fid_lenet  # noqa: E402
 from fedgan.evaluation.mixture import headline, mixture_report  # noqa: E402
@@ -59,16 +59,9 @@ TRAINING_KEYS = {f.name for f in dataclasses.fields(TrainingConfig)}
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """'name:key=value,...' -> (name, overrides); values parsed as JSON where they can be."""
+    """'name:key=value,...' -> (name, overrides); the overrides parsed as cascade_ablation.py parses its variants."""
     name, _, body = text.partition(":")
-    values: dict[str, Any] = {}
-    for part in filter(None, body.split(",")):
-        key, raw = part.split("=", 1)
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return name, values
+    return name, parse_overrides(body)
 
 
 def apply_variant(scenario: Scenario, name: str, overrides: dict[str, Any], seed: int, rounds: int) -> Scenario:

@@ -176,9 +176,10 @@ class Site:
     # ---- one UA round, the site's half ----
     def score(self, fake: torch.Tensor, labels: torch.Tensor | None, round_index: int | None = None) -> SiteReply:
         """Update D on real vs `fake`, then return logits of `fake` and ∂logit/∂fake from the updated D."""
-        factor = learning_rate_factor(self.options.lr_schedule, round_index, self.options.total_rounds)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.options.lr * factor
+        if self.options.lr_schedule != "constant":  # as the server does for G: only a schedule touches the rate
+            factor = learning_rate_factor(self.options.lr_schedule, round_index, self.options.total_rounds)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.options.lr * factor
         fake = fake.to(self.device, torch.float32)
         labels = labels.to(self.device) if (labels is not None and self.conditional) else None
         stats = (0.0, 0.0, 0.0)
