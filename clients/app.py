@@ -1,6 +1,6 @@
 """Flower ClientApp for one site: translates messages into calls on `fedgan.site.Site`, nothing more.
 
-A ClientApp is re-created for every message (FLOWER.md), so the site's lasting state — D's weights, its Adam
+A ClientApp is re-created for every message (docs/engines.md), so the site's lasting state — D's weights, its Adam
 state, its batch RNG — lives in `context.state` as bytes and is restored before each step. The shard is rebuilt
 from the scenario and the node's ``partition-id`` and cached per worker process, never sent anywhere.
 """
@@ -18,7 +18,8 @@ from flwr.clientapp import ClientApp
 from fedgan import protocol as P
 from fedgan.engine import build_site, resolve_device
 from fedgan.scenario import scenario_from_dict
-from fedgan.site import Site, UnlearnStageOptions
+from fedgan.site import Site
+from fedgan.site_unlearning import UnlearnStageOptions
 
 app = ClientApp()
 
@@ -47,7 +48,7 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-@app.train(P.SETUP_ACTION)
+@app.train(P.action(P.SETUP))
 def setup(msg: Message, context: Context) -> Message:
     """Join the run: build this site from the scenario, keep its state, report its class counts."""
     config = msg.content[P.CONFIG]
@@ -56,25 +57,25 @@ def setup(msg: Message, context: Context) -> Message:
     site = _site_for(scenario_json, site_id, fresh=True)  # round-0 state, whatever this worker ran before
     forgotten = json.loads(str(config[P.FORGOTTEN_JSON])) if P.FORGOTTEN_JSON in config else {}
     if str(site_id) in forgotten:  # a fresh federation without these items (the retrain baseline)
-        site.forget(np.asarray(forgotten[str(site_id)], dtype=np.int64))
+        site.shard.forget(np.asarray(forgotten[str(site_id)], dtype=np.int64))
     context.state[P.STATE_CONFIG] = ConfigRecord({P.SCENARIO_JSON: scenario_json, P.SITE_ID: site_id})
     context.state[P.STATE_SITE] = ConfigRecord({P.STATE_BYTES: site.state_bytes()})
     content = RecordDict({
         P.CONFIG: ConfigRecord({P.SITE_ID: site_id}),
-        P.ARRAYS: ArrayRecord({P.CLASS_COUNTS: Array(site.class_counts())}),
+        P.ARRAYS: ArrayRecord({P.CLASS_COUNTS: Array(site.shard.class_counts())}),
     })
     return Message(content, reply_to=msg)
 
 
-@app.train(P.SCORE_ACTION)
-def score(msg: Message, context: Context) -> Message:
+@app.train(P.action(P.TRAIN_ROUND))
+def train_round(msg: Message, context: Context) -> Message:
     """One round at this site: D step(s) on real vs the received batch; reply with logits and input gradients."""
     site = _load_site(context)
     arrays = msg.content[P.ARRAYS]
     fake = torch.from_numpy(np.array(arrays[P.FAKE].numpy()))
     labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
     round_index = msg.content[P.CONFIG][P.ROUND] if P.CONFIG in msg.content else None
-    reply = site.score(fake, labels, int(round_index) if round_index is not None else None)
+    reply = site.train_round(fake, labels, int(round_index) if round_index is not None else None)
     _save_site(context, site)
     content = RecordDict({
         P.ARRAYS: ArrayRecord({
@@ -146,13 +147,13 @@ def _apply_to_ids(msg: Message, context: Context, action: Callable[[Site, np.nda
 @app.train(P.action(P.EXCLUDE))
 def exclude(msg: Message, context: Context) -> Message:
     """Keep the named items out of the real stream (substituted by retained items)."""
-    return _apply_to_ids(msg, context, Site.exclude)
+    return _apply_to_ids(msg, context, lambda site, ids: site.shard.exclude(ids))
 
 
 @app.train(P.action(P.FORGET))
 def forget(msg: Message, context: Context) -> Message:
     """Delete the named items from this site's shard for good."""
-    return _apply_to_ids(msg, context, Site.forget)
+    return _apply_to_ids(msg, context, lambda site, ids: site.shard.forget(ids))
 
 
 @app.train(P.action(P.UNLEARN))
@@ -168,12 +169,12 @@ def unlearn(msg: Message, context: Context) -> Message:
     return Message(RecordDict({P.METRICS: MetricRecord(stats)}), reply_to=msg)
 
 
-@app.train(P.action(P.SCORES))
-def scores(msg: Message, context: Context) -> Message:
+@app.query(P.action(P.QUERY_LOGITS))
+def query_logits(msg: Message, context: Context) -> Message:
     """D's logits on the images sent (the simulator's membership-inference measurement; never training)."""
     site = _load_site(context)
     arrays = msg.content[P.ARRAYS]
     images = torch.from_numpy(np.array(arrays[P.IMAGES].numpy()))
     labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
-    logits = site.image_scores(images, labels)
+    logits = site.discriminator_logits(images, labels)
     return Message(RecordDict({P.ARRAYS: ArrayRecord({P.LOGITS: Array(logits.numpy())})}), reply_to=msg)

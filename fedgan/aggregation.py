@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from fedgan.registry import Registry
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-AGGREGATORS: dict[str, Aggregator] = {}
+AGGREGATORS: Registry[Aggregator] = Registry("aggregator")
 
 
 class Aggregator:
@@ -56,7 +58,7 @@ class Aggregator:
 
 def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
     """Class decorator: make an aggregator selectable by its `name` in scenarios."""
-    AGGREGATORS[cls.name] = cls()
+    AGGREGATORS.add(cls.name, cls())
     return cls
 
 

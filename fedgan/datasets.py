@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from fedgan.errors import DataError, FedganError
+from fedgan.registry import Registry
 from fedgan.storage import CACHE_ENV, atomic_write_bytes, cache_dir
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -94,24 +95,19 @@ class DatasetSplits:
     provenance: dict[str, str]
 
 
-DATASETS: dict[str, Callable[..., DatasetSplits]] = {}
+DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Callable[..., DatasetSplits]], Callable[..., DatasetSplits]]:
     """Decorator adding a loader `fn(root=None, **options) -> DatasetSplits` to `DATASETS` under `name`."""
-    def decorator(loader: Callable[..., DatasetSplits]) -> Callable[..., DatasetSplits]:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} registered twice")
-        DATASETS[name] = loader
-        return loader
-    return decorator
+    return DATASETS.register(name)
 
 
 def load_dataset(name: str, root: str | None = None, **options: Any) -> DatasetSplits:
     """Load dataset `name` from `root` (or its default place), passing `options` to its loader."""
     loader = DATASETS.get(name)
     if loader is None:
-        raise DataError("data.name", f"unknown dataset {name!r}", f"use one of: {', '.join(sorted(DATASETS))}")
+        raise DataError("data.name", f"unknown dataset {name!r}", f"use one of: {', '.join(DATASETS.names())}")
     allowed = [key for key in inspect.signature(loader).parameters if key != "root"]
     for key in options:
         if key not in allowed:

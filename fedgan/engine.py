@@ -14,15 +14,18 @@ import dataclasses
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from fedgan.datasets import DatasetSplits, ImageDataset, load_dataset, select_classes
 from fedgan.partition import partition_dataset
-from fedgan.scenario import Scenario
-from fedgan.site import Site, SiteOptions, SiteReply, UnlearnStageOptions
+from fedgan.site import Site, SiteOptions, SiteReply
+from fedgan.site_unlearning import UnlearnStageOptions
+
+if TYPE_CHECKING:  # annotations only: the scenario schema validates names against registries that import this module
+    from fedgan.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,13 @@ class SiteEngine(Protocol):
         """Sites delete these items from their shards for good."""
         ...
 
-    def scores(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def query_logits(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The site's D logits on images the simulator's attacker sends (membership inference, a measurement)."""
         ...
 
-    def score(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
-        """Send the synthetic batch to every site; return the replies of those that answered, by site id."""
+    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
+        """Every site trains D on real vs this synthetic batch and answers with logits and input gradients;
+        the replies of those that answered, by site id."""
         ...
 
     def site_states(self) -> dict[int, dict[str, Any]] | None:
@@ -195,8 +199,8 @@ class InProcessEngine:
     def open(self, forgotten: SiteIds | None = None) -> list[SiteInfo]:
         self.sites = [build_site(self.scenario, j, self.device) for j in range(self.scenario.sites.count)]
         for site_id, ids in (forgotten or {}).items():
-            self.sites[site_id].forget(np.asarray(ids, dtype=np.int64))
-        return [SiteInfo(site.site_id, site.class_counts()) for site in self.sites]
+            self.sites[site_id].shard.forget(np.asarray(ids, dtype=np.int64))
+        return [SiteInfo(site.site_id, site.shard.class_counts()) for site in self.sites]
 
     def snapshot(self, tag: str) -> None:
         self._snapshots[tag] = {site.site_id: site.state_bytes() for site in self.sites}
@@ -210,7 +214,7 @@ class InProcessEngine:
 
     def exclude(self, orders: SiteIds) -> None:
         for site_id, ids in orders.items():
-            self.sites[site_id].exclude(ids)
+            self.sites[site_id].shard.exclude(ids)
 
     def unlearn(self, orders: dict[int, StageOrder]) -> dict[int, dict[str, float]]:
         stats = {}
@@ -222,15 +226,15 @@ class InProcessEngine:
 
     def forget(self, orders: SiteIds) -> None:
         for site_id, ids in orders.items():
-            self.sites[site_id].forget(ids)
+            self.sites[site_id].shard.forget(ids)
 
-    def scores(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.sites[site_id].image_scores(images, labels)
+    def query_logits(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return self.sites[site_id].discriminator_logits(images, labels)
 
-    def score(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
+    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
         replies: dict[int, SiteReply] = {}
         for site in self.sites:
-            replies[site.site_id] = reply = site.score(fake, labels, round_index)
+            replies[site.site_id] = reply = site.train_round(fake, labels, round_index)
             self.traffic.bytes_down += payload_bytes(fake, labels)
             self.traffic.bytes_up += payload_bytes(reply.logits, reply.input_grads)
         return replies

@@ -1,8 +1,8 @@
 """The server's round loop: the central generator trained by aggregation over the sites' discriminators.
 
-One round (ALGORITHMS.md §1, the reference training step):
+One round (docs/methods.md, "Universal Aggregation"; the reference code's training step):
   1. sample z (and labels y) and generate the synthetic batch x̂ = G(z, y);
-  2. send x̂ (and y) to every site; each takes its D step(s) and returns ℓ_j(x̂) and ∂ℓ_j/∂x̂ (`SiteEngine.score`);
+  2. send x̂ (and y) to every site; each takes its D step(s) and returns ℓ_j(x̂) and ∂ℓ_j/∂x̂ (`SiteEngine.train_round`);
   3. aggregate: the aggregator's loss on the logits gives ∂L_G/∂x̂ (`Aggregator.generator_gradient`);
   4. step G with x̂.backward(∂L_G/∂x̂);
   5. every `evaluation.every` rounds, measure and log.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,9 +21,11 @@ import torch
 from fedgan.aggregation import get_aggregator, site_log_weights
 from fedgan.engine import SiteEngine, SiteInfo
 from fedgan.models import Generator, build_generator
-from fedgan.scenario import Scenario
+from fedgan.schedule import learning_rate_factor
 from fedgan.seeding import derive_seed, torch_generator
-from fedgan.site import learning_rate_factor
+
+if TYPE_CHECKING:  # annotations only (the scenario schema validates against registries that import this module)
+    from fedgan.scenario import Scenario
 
 
 @dataclass
@@ -56,17 +58,25 @@ class GeneratorServer:
     ) -> None:
         self.scenario = scenario
         self.device = device
+        self.image_shape = image_shape
         self.num_classes = num_classes
         self.conditional = scenario.model.conditional
+        self.aggregator = get_aggregator(scenario.training.aggregator)
+        self.reset(sites)
+
+    def reset(self, sites: list[SiteInfo]) -> None:
+        """Round 0: a freshly initialised G, its optimizer and sampling RNG, and the weights of `sites`.
+
+        Seeded from the scenario only, so a reset server is identical to a new one (what a retrain needs).
+        """
+        s, t = self.scenario, self.scenario.training
         self.generator: Generator = build_generator(
-            scenario.model, image_shape, num_classes, derive_seed(scenario.seed, "generator")
-        ).to(device)
-        t = scenario.training
+            s.model, self.image_shape, self.num_classes, derive_seed(s.seed, "generator")
+        ).to(self.device)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=t.lr_generator, betas=(t.beta1, t.beta2))
-        self.aggregator = get_aggregator(t.aggregator)
         self.class_counts = np.stack([info.class_counts for info in sites])  # (K, C), sizes only
         self.site_ids = [info.site_id for info in sites]
-        self.rng = torch_generator(scenario.seed, "server", "latent")
+        self.rng = torch_generator(s.seed, "server", "latent")
         self.round = 0
         total = self.class_counts.sum(0).astype(np.float64)
         self.label_prior = torch.from_numpy(total / total.sum())
@@ -112,7 +122,7 @@ class GeneratorServer:
         z = torch.randn(t.batch_size, self.generator.latent_dim, generator=self.rng).to(self.device)
         labels = self.sample_labels(t.batch_size, self.rng)
         fake = self.generator(z, labels.to(self.device) if labels is not None else None)
-        replies = engine.score(self.round, fake.detach().cpu(), labels)
+        replies = engine.train_round(self.round, fake.detach().cpu(), labels)
         if not replies:
             raise RuntimeError(f"round {self.round}: no site answered")
         # ---------------- aggregate: the generator's gradient from logits and input gradients ----------------

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedgan.registry import Registry
+
 ImageShape = tuple[int, int, int]
 
 
@@ -179,10 +181,9 @@ class MLPDiscriminator(Discriminator):
 # --------------------------------------------------------------------------------------------------------------
 
 ModelFactory = Callable[[ImageShape, int, ModelSpec], nn.Module]
-ARCHITECTURES: dict[str, tuple[ModelFactory, ModelFactory]] = {
-    "dcgan": (DCGANGenerator, DCGANDiscriminator),
-    "mlp": (MLPGenerator, MLPDiscriminator),
-}
+ARCHITECTURES: Registry[tuple[ModelFactory, ModelFactory]] = Registry("model architecture")  # (G, D) factories
+ARCHITECTURES.add("dcgan", (DCGANGenerator, DCGANDiscriminator))
+ARCHITECTURES.add("mlp", (MLPGenerator, MLPDiscriminator))
 
 
 def _init_weights(module: nn.Module) -> None:

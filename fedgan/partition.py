@@ -13,20 +13,16 @@ import numpy as np
 
 from fedgan.datasets import ImageDataset
 from fedgan.errors import DataError, ScenarioError
+from fedgan.registry import Registry
 
 Partitioner = Callable[..., list[np.ndarray]]
-PARTITIONERS: dict[str, Partitioner] = {}
+PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
 DIRICHLET_MAX_DRAWS = 100
 
 
 def register_partitioner(name: str) -> Callable[[Partitioner], Partitioner]:
     """Decorator adding `fn(dataset, num_sites, rng, **options) -> list of position arrays` under `name`."""
-    def decorator(partitioner: Partitioner) -> Partitioner:
-        if name in PARTITIONERS:
-            raise ValueError(f"partitioner {name!r} registered twice")
-        PARTITIONERS[name] = partitioner
-        return partitioner
-    return decorator
+    return PARTITIONERS.register(name)
 
 
 def partition_dataset(dataset: ImageDataset, scheme: str, num_sites: int, seed: int,
@@ -35,7 +31,7 @@ def partition_dataset(dataset: ImageDataset, scheme: str, num_sites: int, seed: 
     partitioner = PARTITIONERS.get(scheme)
     if partitioner is None:
         raise ScenarioError("partition.scheme", f"unknown scheme {scheme!r}",
-                            f"use one of: {', '.join(sorted(PARTITIONERS))}")
+                            f"use one of: {', '.join(PARTITIONERS.names())}")
     _check_options(scheme, partitioner, options)
     _check_site_count(num_sites, len(dataset))
     parts = partitioner(dataset, num_sites, np.random.default_rng(seed), **options)

@@ -1,26 +1,28 @@
-"""The message protocol between the server and the sites: action names and record keys, in one place.
+"""The message protocol between the server and the sites: message types and record keys, in one place.
 
 Plain strings only (this package knows nothing of Flower); `server/` and `clients/` build and read the Flower
-records with these names. What crosses the wire, per round and site:
-  down  SCORE: the synthetic batch x̂ (B, C, H, W) float32 [+ its labels (B,) int64] and the round number;
-  up    SCORE reply: logits (B,) float32 and input gradients (B, C, H, W) float32, plus three loss statistics.
+records with these names. docs/protocol.md describes every message. What crosses the wire, per round and site:
+  down  TRAIN_ROUND: the synthetic batch x̂ (B, C, H, W) float32 [+ its labels (B,) int64] and the round number;
+  up    its reply: logits (B,) float32 and input gradients (B, C, H, W) float32, plus three loss statistics.
 Once per run, SETUP carries the resolved scenario down and each site's class counts up. Never a discriminator
 weight, never a real image.
 """
 
 SETUP = "train.setup"  # server -> site: scenario JSON; reply: site id and class counts
-SCORE = "train.score"  # server -> site: synthetic batch; reply: logits and input gradients
+TRAIN_ROUND = "train.round"  # server -> site: synthetic batch; the site trains D; reply: logits and input gradients
 
-# Forget requests (issue 8): site-side stages and bookkeeping. SCORES is a measurement channel of the simulator's
-# membership-inference attacker: candidate images go down (forgotten, retained and non-member candidates, which the
-# attacker is assumed to hold) and the site's D logits come back. It is never used by training.
+# Forget requests: site-side stages and bookkeeping (`train.*`: they change the site's state).
 SNAPSHOT = "train.snapshot"  # config: tag; the site copies its state under the tag (kept at the site)
 RESTORE = "train.restore"  # config: tag; the site returns to that copy
 DISCARD = "train.discard"  # config: tag; the site drops that copy (contexts travel with every message: keep them small)
 EXCLUDE = "train.exclude"  # arrays: ids; the site keeps them out of its real stream (substitution)
 UNLEARN = "train.unlearn"  # arrays: fake [+ labels], forget ids; config: stage options (JSON); reply: statistics
 FORGET = "train.forget"  # arrays: ids; the site deletes them from its shard
-SCORES = "train.scores"  # arrays: images [+ labels]; reply: the site's D logits on them (attack measurement)
+
+# Measurement (`query.*`: the site's state does not change). QUERY_LOGITS is the channel of the simulator's
+# membership-inference attacker: candidate images go down (forgotten, retained and non-member candidates, which the
+# attacker is assumed to hold) and the site's D logits come back. Training never uses it.
+QUERY_LOGITS = "query.logits"  # arrays: images [+ labels]; reply: the site's D logits on them
 
 
 def action(message_type: str) -> str:
@@ -28,8 +30,6 @@ def action(message_type: str) -> str:
     return message_type.split(".", 1)[1]
 
 
-SETUP_ACTION = action(SETUP)
-SCORE_ACTION = action(SCORE)
 
 # Record names inside a message's RecordDict.
 CONFIG = "config"  # ConfigRecord

@@ -263,11 +263,33 @@ def scenario_from_dict(raw: dict[str, Any]) -> Scenario:
     return scenario
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario TOML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScenarioError("scenario", f"file {str(path)!r} not found", "give the path of a scenarios/*.toml file")
+def shipped_scenarios_dir() -> Path:
+    """The folder of the scenarios shipped with fedgan: `scenarios/` beside `fedgan/` in a checkout, and the
+    installed `scenarios` package (its TOML files are package data) in a wheel."""
+    return Path(__file__).resolve().parents[1] / "scenarios"
+
+
+def shipped_scenario_names() -> tuple[str, ...]:
+    """Names of the shipped scenarios (file stems), sorted."""
+    return tuple(sorted(p.stem for p in shipped_scenarios_dir().glob("*.toml")))
+
+
+def resolve_scenario_path(path_or_name: str | Path) -> Path:
+    """A scenario file: `path_or_name` if it is a file, else the shipped scenario of that name (``quickstart``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    shipped = shipped_scenarios_dir() / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = ", ".join(shipped_scenario_names())
+    raise ScenarioError("scenario", f"{str(path_or_name)!r} is neither a file nor a shipped scenario",
+                        f"give the path of a TOML file or one of: {names}")
+
+
+def load_scenario(path_or_name: str | Path) -> Scenario:
+    """Read and validate a scenario: a TOML file's path, or the name of a shipped scenario (``quickstart``)."""
+    path = resolve_scenario_path(path_or_name)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:

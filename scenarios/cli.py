@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedgan", description="Federated GAN (UA-GAN) unlearning simulator.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a scenario and write its results")
-    run.add_argument("scenario", help="path of a scenarios/*.toml file")
+    run.add_argument("scenario", help="a scenario file, or the name of a shipped one (e.g. quickstart)")
     run.add_argument("--out", help="run directory (default: runs/<scenario>-<timestamp>)")
     run.add_argument("--engine", choices=("flower", "inprocess"), help="override engine.name")
     run.add_argument("--rounds", type=int, help="override training.rounds")
@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="with [compare]: run this many variants at once, each in its own process (e.g. on a GPU)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     check = commands.add_parser("check", help="validate a scenario and its data without training")
-    check.add_argument("scenario")
+    check.add_argument("scenario", help="a scenario file, or the name of a shipped one")
     add_forget_parser(commands)
     return parser
 

@@ -1,6 +1,7 @@
 """Flower ServerApp: runs a scenario's federation through `FlowerEngine` (thin shell over `fedgan.experiment`).
 
-`flwr run .` reads the scenario path from the run config (``scenario``, relative to the project root),
+`flwr run .` reads the scenario from the run config (``scenario``: a shipped scenario's name, or a path relative to
+the project root),
 an optional ``out`` directory and an optional ``rounds`` override (0 keeps the scenario's).
 `fedgan run` builds its own ServerApp with `make_server_app` and drives it with Flower's `run_simulation`.
 """
@@ -19,7 +20,7 @@ from fedgan.scenario import Scenario, load_scenario
 from server.engine import FlowerEngine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCENARIO = "scenarios/smoke.toml"
+DEFAULT_SCENARIO = "smoke"
 
 
 def make_server_app(
@@ -43,10 +44,9 @@ def make_server_app(
 
 
 def _scenario_from_run_config(run_config: dict[str, Any]) -> tuple[Scenario, Path]:
-    path = Path(str(run_config.get("scenario") or DEFAULT_SCENARIO))
-    if not path.is_absolute():
-        path = PROJECT_ROOT / path
-    scenario = load_scenario(path)
+    text = str(run_config.get("scenario") or DEFAULT_SCENARIO)
+    path = Path(text) if Path(text).is_absolute() else PROJECT_ROOT / text
+    scenario = load_scenario(path if path.is_file() else text)  # else a shipped scenario's name
     rounds = int(run_config.get("rounds") or 0)
     if rounds > 0:
         scenario = scenario.replace(training=scenario.training.__class__(

@@ -43,7 +43,6 @@ class FlowerEngine:
         self.scenario = scenario
         self.node_of_site: dict[int, int] = {}
         self.traffic = Traffic()
-        self.dropped: list[tuple[int, int, str]] = []  # (round, site, reason)
         self.wire_log = wire_log  # when a list is given, every message's keys/shapes are appended (tests)
 
     # ---- joining ----
@@ -89,7 +88,7 @@ class FlowerEngine:
         return [infos[j] for j in sorted(infos)]
 
     # ---- one round ----
-    def score(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
+    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
         arrays = {P.FAKE: Array(fake.numpy())}
         if labels is not None:
             arrays[P.LABELS] = Array(labels.numpy())
@@ -97,14 +96,14 @@ class FlowerEngine:
         messages = []
         for site, node in sorted(self.node_of_site.items()):
             content = RecordDict({P.ARRAYS: ArrayRecord(dict(arrays)), P.CONFIG: ConfigRecord({P.ROUND: round_index})})
-            messages.append(Message(content, dst_node_id=node, message_type=P.SCORE, group_id=str(round_index)))
+            messages.append(Message(content, dst_node_id=node, message_type=P.TRAIN_ROUND,
+                                    group_id=str(round_index)))
             self.traffic.bytes_down += record_bytes(content.values())
             self._log("down", round_index, site, content)
         replies: dict[int, SiteReply] = {}
         for reply in self.grid.send_and_receive(messages, timeout=self.scenario.engine.round_timeout):
             site = site_of_node[reply.metadata.src_node_id]
             if reply.has_error():  # the site is dropped this round; the aggregation renormalises the weights
-                self.dropped.append((round_index, site, str(reply.error.reason)))
                 continue
             self.traffic.bytes_up += record_bytes(reply.content.values())
             self._log("up", round_index, site, reply.content)
@@ -197,11 +196,11 @@ class FlowerEngine:
         replies = self._command(P.UNLEARN, contents)
         return {site: {k: float(v) for k, v in content[P.METRICS].items()} for site, content in replies.items()}
 
-    def scores(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def query_logits(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         arrays = {P.IMAGES: Array(images.numpy())}
         if labels is not None:
             arrays[P.LABELS] = Array(labels.numpy())
-        reply = self._command(P.SCORES, {site_id: RecordDict({P.ARRAYS: ArrayRecord(arrays)})})[site_id]
+        reply = self._command(P.QUERY_LOGITS, {site_id: RecordDict({P.ARRAYS: ArrayRecord(arrays)})})[site_id]
         return torch.from_numpy(np.array(reply[P.ARRAYS][P.LOGITS].numpy()))
 
     def site_states(self) -> None:

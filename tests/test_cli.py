@@ -97,3 +97,22 @@ def test_compare_overrides_from_the_command_line_are_validated(tmp_path, capsys)
     assert code == 2 and capsys.readouterr().err.startswith("fedgan: error: compare.aggregators")
     code = main(["run", str(path), "--out", str(tmp_path / "out"), "--seeds", "0,x", "--quiet"])
     assert code == 2 and capsys.readouterr().err.startswith("fedgan: error: --seeds")
+
+
+def test_a_shipped_scenario_is_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    # Prepare: a working folder with no scenarios/ in it.
+    monkeypatch.chdir(tmp_path)
+
+    # Execute
+    code = main(["check", "smoke"])
+
+    # Assert
+    assert code == 0 and capsys.readouterr().out.startswith("smoke: ok")
+
+
+def test_an_unknown_scenario_name_lists_the_shipped_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "quickstrat"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedgan: error: scenario: 'quickstrat' is neither a file nor a shipped scenario")
+    assert "quickstart" in err and "smoke" in err

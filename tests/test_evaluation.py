@@ -26,6 +26,7 @@ from fedgan.evaluation.metrics import (
     label_fidelity,
 )
 from fedgan.evaluation.plots import plot_training_curves, save_sample_grid
+from fedgan.registry import Registry
 from tests.conftest import labelled_stripes, stripes
 
 NUM_CLASSES = 2
@@ -273,7 +274,10 @@ def test_evaluate_generator_samples_rejects_unknown_metric_names(evaluator, data
 
 def test_registered_metric_is_selectable_by_name(evaluator, data, monkeypatch: pytest.MonkeyPatch):
     # Prepare
-    monkeypatch.setattr(metrics, "METRICS", dict(METRICS))
+    patched = Registry("metric")
+    for name, fn in METRICS.items():
+        patched.add(name, fn)
+    monkeypatch.setattr(metrics, "METRICS", patched)
     metrics.register_metric("sample_count")(lambda inputs: {"sample_count": float(len(inputs.fake_images))})
 
     # Execute

@@ -79,8 +79,8 @@ def test_messages_carry_no_weights_and_no_real_images(flower_and_inprocess):
     batch = scenario.training.batch_size
     assert {entry["direction"] for entry in wire_log} == {"down", "up"}
     param_shapes = {tuple(p.shape) for p in build_site(scenario, 0).discriminator.state_dict().values()}
-    # The wire log covers the training protocol (SCORE messages). The forget-request measurement channel
-    # (SCORES: the simulated attacker's candidate images) is not training traffic and is documented as such.
+    # The wire log covers the training protocol (TRAIN_ROUND messages). The forget-request measurement channel
+    # (QUERY_LOGITS: the simulated attacker's candidate images) is not training traffic and is documented as such.
     for entry in wire_log:
         arrays = entry["records"][P.ARRAYS]
         allowed = P.DOWN_ARRAY_KEYS if entry["direction"] == "down" else P.UP_ARRAY_KEYS

@@ -15,7 +15,7 @@ def test_score_returns_logits_and_per_sample_input_gradients():
     fake = torch.rand(16, 1, 28, 28) * 2 - 1
 
     # Execute
-    reply = site.score(fake, None)
+    reply = site.train_round(fake, None)
 
     # Assert
     assert reply.logits.shape == (16,) and reply.input_grads.shape == (16, 1, 28, 28)
@@ -28,14 +28,14 @@ def test_state_bytes_round_trip_reproduces_the_next_step_exactly():
     scenario = tiny_scenario()
     fake1, fake2 = torch.rand(2, 16, 1, 28, 28) * 2 - 1
     site = build_site(scenario, 1)
-    site.score(fake1, None)
+    site.train_round(fake1, None)
     saved = site.state_bytes()
 
     # Execute
-    expected = site.score(fake2, None)
+    expected = site.train_round(fake2, None)
     copy = build_site(scenario, 1)
     copy.load_state_bytes(saved)
-    got = copy.score(fake2, None)
+    got = copy.train_round(fake2, None)
 
     # Assert
     assert torch.equal(expected.logits, got.logits)
@@ -44,28 +44,28 @@ def test_state_bytes_round_trip_reproduces_the_next_step_exactly():
 
 def test_r1_penalty_changes_the_discriminator_update():
     fake = torch.rand(16, 1, 28, 28) * 2 - 1
-    plain = build_site(tiny_scenario(), 0).score(fake, None)
-    with_r1 = build_site(tiny_scenario(training={"r1-gamma": 10.0}), 0).score(fake, None)
+    plain = build_site(tiny_scenario(), 0).train_round(fake, None)
+    with_r1 = build_site(tiny_scenario(training={"r1-gamma": 10.0}), 0).train_round(fake, None)
     assert not torch.allclose(plain.logits, with_r1.logits)
 
 
 def test_class_counts_report_sizes_only():
     site = build_site(tiny_scenario(), 2)
-    counts = site.class_counts()
+    counts = site.shard.class_counts()
     assert counts.sum() == len(site.shard) and counts.shape == (10,)
 
 
 def test_site_that_forgot_everything_still_answers_but_no_longer_trains():
     # Prepare
     site = build_site(tiny_scenario(), 0)
-    site.forget(site.held_ids())
+    site.shard.forget(site.shard.held_ids())
     before = {k: v.clone() for k, v in site.discriminator.state_dict().items()}
 
     # Execute
-    reply = site.score(torch.rand(16, 1, 28, 28) * 2 - 1, None)
+    reply = site.train_round(torch.rand(16, 1, 28, 28) * 2 - 1, None)
 
     # Assert: an answer (its weight is zero at the server), no D step, and no item left.
-    assert reply.logits.shape == (16,) and site.class_counts().sum() == 0
+    assert reply.logits.shape == (16,) and site.shard.class_counts().sum() == 0
     for key, value in site.discriminator.state_dict().items():
         assert torch.equal(value, before[key])
 
@@ -73,20 +73,20 @@ def test_site_that_forgot_everything_still_answers_but_no_longer_trains():
 def test_forgotten_items_survive_a_state_round_trip_and_excluded_items_leave_the_real_stream():
     scenario = tiny_scenario()
     site = build_site(scenario, 1)
-    ids = site.held_ids()
-    site.forget(ids[:5])
-    site.exclude(ids[5:10])
+    ids = site.shard.held_ids()
+    site.shard.forget(ids[:5])
+    site.shard.exclude(ids[5:10])
     copy = build_site(scenario, 1)
     copy.load_state_bytes(site.state_bytes())
-    assert set(copy.held_ids().tolist()) == set(ids[5:].tolist())
-    assert copy.excluded == set(ids[5:10].tolist())
-    assert len(copy._active) == len(ids) - 10
+    assert set(copy.shard.held_ids().tolist()) == set(ids[5:].tolist())
+    assert copy.shard.excluded == set(ids[5:10].tolist())
+    assert copy.shard.active_count == len(ids) - 10
 
 
 def test_r1_on_the_probability_is_a_different_penalty_from_r1_on_the_logit():
     fake = torch.rand(16, 1, 28, 28) * 2 - 1
-    on_logit = build_site(tiny_scenario(training={"r1-gamma": 10.0}), 0).score(fake, None)
-    on_probability = build_site(tiny_scenario(training={"r1-gamma": 10.0, "r1-target": "probability"}), 0).score(
+    on_logit = build_site(tiny_scenario(training={"r1-gamma": 10.0}), 0).train_round(fake, None)
+    on_probability = build_site(tiny_scenario(training={"r1-gamma": 10.0, "r1-target": "probability"}), 0).train_round(
         fake, None)
     assert not torch.allclose(on_logit.logits, on_probability.logits)
 
@@ -98,8 +98,8 @@ def test_balanced_real_sampling_draws_every_held_label_about_equally_often():
             partition=PartitionConfig("dirichlet", {"alpha": 0.3}))
         site = build_site(scenario, 0)
         held = torch.unique(site.shard.labels)
-        _, labels = site._sample_real(4000)
-        return torch.bincount(labels, minlength=site.num_classes)[held].float(), held
+        _, labels = site.sample_real(4000)
+        return torch.bincount(labels, minlength=site.shard.num_classes)[held].float(), held
 
     balanced, held = drawn_label_counts("balanced")
     shard, _ = drawn_label_counts("shard")
@@ -109,12 +109,12 @@ def test_balanced_real_sampling_draws_every_held_label_about_equally_often():
 
 
 def test_linear_decay_keeps_the_rate_for_the_first_half_then_falls_to_zero():
-    from fedgan.site import learning_rate_factor
+    from fedgan.schedule import learning_rate_factor
 
     assert learning_rate_factor("constant", 90, 100) == 1.0
     assert learning_rate_factor("linear_decay", 50, 100) == 1.0
     assert learning_rate_factor("linear_decay", 76, 100) == pytest.approx(0.5)
     assert learning_rate_factor("linear_decay", 100, 100) == pytest.approx(0.02)
     site = build_site(tiny_scenario(training={"lr-schedule": "linear_decay", "rounds": 10}), 0)
-    site.score(torch.zeros(4, 1, 28, 28), None, round_index=8)
+    site.train_round(torch.zeros(4, 1, 28, 28), None, round_index=8)
     assert site.optimizer.param_groups[0]["lr"] == pytest.approx(site.options.lr * 0.6)

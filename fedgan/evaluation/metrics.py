@@ -19,6 +19,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from fedgan.errors import FedganError
 from fedgan.evaluation.classifier import Evaluator
+from fedgan.registry import Registry
 
 MetricValue = float | list[float]
 KID_SUBSETS = 100
@@ -149,19 +150,12 @@ class MetricInputs:
 
 
 MetricFn = Callable[[MetricInputs], dict[str, MetricValue]]
-METRICS: dict[str, MetricFn] = {}
+METRICS: Registry[MetricFn] = Registry("metric")
 
 
 def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
     """Decorator: make `fn` selectable as `name` in `evaluate_generator_samples`."""
-
-    def add(fn: MetricFn) -> MetricFn:
-        if name in METRICS:
-            raise ValueError(f"metric {name!r} registered twice")
-        METRICS[name] = fn
-        return fn
-
-    return add
+    return METRICS.register(name)
 
 
 @register_metric("fid_lenet")
@@ -219,7 +213,7 @@ def evaluate_generator_samples(
     """
     unknown = [name for name in metrics if name not in METRICS]
     if unknown:
-        raise FedganError("metrics", f"unknown {unknown}", f"choose from {sorted(METRICS)}")
+        raise FedganError("metrics", f"unknown {unknown}", f"choose from {list(METRICS.names())}")
     names = list(dict.fromkeys(metrics))  # drop repeats, keep order
     if fake_labels is not None and "label_fidelity" not in names:
         names.append("label_fidelity")

@@ -1,34 +1,54 @@
-"""What every unlearning method shares: its settings, the job it works on, and the registry."""
+"""What every unlearning method shares: the job it acts on, the method interface, and the registry.
+
+A method gets an `UnlearningJob`: the running federation (the server's `GeneratorServer` and the `SiteEngine` that
+reaches the sites), the resolved forget sets of the batch of requests, and the `[unlearning]` settings. It uses the
+job's verbs — `substitute`, `site_stage`, `generator_rounds`, `commit`, `retrain_from_scratch` — and returns
+method-specific details. The orchestrator (`fedgan.unlearning.orchestrator`) runs every method from the same
+snapshot and measures each; the method marked `reference` (retrain) is the one the others are certified against.
+"""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
 
 from fedgan.engine import SiteEngine, SiteIds, StageOrder
-from fedgan.federation import GeneratorServer, RoundRecord
-from fedgan.scenario import UnlearningConfig
-from fedgan.site import UnlearnStageOptions
+from fedgan.registry import Registry
+from fedgan.site_unlearning import UnlearnStageOptions
 
-METHODS: dict[str, type[UnlearningMethod]] = {}
+if TYPE_CHECKING:  # annotations only: the scenario schema imports this registry to validate method names
+    from fedgan.federation import GeneratorServer
+    from fedgan.scenario import UnlearningConfig
+
+LabelsOf = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
 class UnlearningJob:
-    """A running federation and one forget request's resolved sets; counts the generator rounds a method spends."""
+    """A running federation and one batch of forget requests' resolved sets; counts the generator rounds spent."""
 
     server: GeneratorServer
     engine: SiteEngine
-    forget_ids: SiteIds  # site -> ids to forget there
+    forget_ids: SiteIds  # site -> ids to forget there (this batch)
     forget_classes: tuple[int, ...]
     config: UnlearningConfig
+    labels_of: LabelsOf  # global ids -> labels (the server's class counts follow the sites' deletions)
+    forgotten_before: SiteIds = field(default_factory=dict)  # forgotten by earlier requests
+    training_rounds: int = 0  # training rounds run before the request (a retrain's budget)
     rounds_used: int = 0
-    records: list[RoundRecord] = field(default_factory=list)
     stage_stats: list[dict[str, Any]] = field(default_factory=list)
+    weights_dropped: bool = False
 
     def generator_rounds(self, count: int) -> None:
-        """`count` normal UA rounds (every site's D step on its real stream, which excludes the forget items)."""
-        for _ in range(count):
-            self.records.append(self.server.step(self.engine))
+        """`count` normal UA rounds (every site's D step on its real stream, which excludes the forget items),
+        with G's learning rate times `generator-lr-scale` (the server's share of the request)."""
+        with scaled_learning_rate(self.server.optimizer, self.config.generator_lr_scale):
+            for _ in range(count):
+                self.server.step(self.engine)
         self.rounds_used += count
 
     def site_stage(self, options: UnlearnStageOptions, stage: int) -> dict[int, dict[str, float]]:
@@ -45,21 +65,65 @@ class UnlearningJob:
         """Forget items leave the requesting sites' real streams now (retained items take their place)."""
         self.engine.exclude(self.forget_ids)
 
+    def drop_weights(self) -> None:
+        """The server's class counts (aggregation weights) without the forget items, once."""
+        if self.weights_dropped:
+            return
+        counts = self.server.class_counts
+        for site, ids in self.forget_ids.items():
+            index = self.server.site_ids.index(site)
+            removed = np.bincount(self.labels_of(ids), minlength=counts.shape[1])
+            counts[index] = np.maximum(counts[index] - removed, 0)
+        self.weights_dropped = True
+
     def commit(self) -> None:
-        """Delete the forget items from the sites' shards for good."""
+        """Delete the forget items from the sites' shards for good; the weights follow."""
         self.engine.forget(self.forget_ids)
+        self.drop_weights()
+
+    def retrain_from_scratch(self) -> None:
+        """A fresh federation (round 0) whose sites never held any forgotten item, trained for the same number
+        of training rounds with the same seeds. Generator steps that earlier unlearning spent are not part of
+        the budget: a federation retrained from scratch never needs them."""
+        forgotten = {site: set(map(int, ids)) for site, ids in self.forgotten_before.items()}
+        for site, ids in self.forget_ids.items():
+            forgotten.setdefault(site, set()).update(map(int, ids))
+        sites = self.engine.open({s: np.asarray(sorted(v), dtype=np.int64) for s, v in forgotten.items()})
+        self.server.reset(sites)
+        self.weights_dropped = True  # the fresh sites report their counts without the items
+        for _ in range(self.training_rounds):
+            self.server.step(self.engine)
+        self.rounds_used += self.training_rounds
+
 
 class UnlearningMethod:
-    """One way to serve a forget request on a running federation."""
+    """One way to serve a batch of forget requests on a running federation."""
 
     name: str = ""
+    reference: bool = False  # the gold standard the others are certified against (retrain)
 
     def run(self, job: UnlearningJob) -> dict[str, Any]:
         """Make the federation forget `job.forget_ids`; return method-specific details (JSON-ready)."""
         raise NotImplementedError
 
 
+METHODS: Registry[type[UnlearningMethod]] = Registry("unlearning method")
+
+
 def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
     """Class decorator: make a method selectable by name in `[unlearning] methods`."""
-    METHODS[cls.name] = cls
+    METHODS.add(cls.name, cls)
     return cls
+
+
+@contextlib.contextmanager
+def scaled_learning_rate(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
+    """The optimizer's learning rate times `scale` inside the block, restored afterwards."""
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * scale
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr

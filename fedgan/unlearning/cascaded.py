@@ -2,7 +2,7 @@
 
 Sun, Zhu, Chang, Zhou, "Generative Adversarial Networks Unlearning" (arXiv 2308.09881) describe a substitution
 mechanism and a fake label, with unlearning and learning run in a cascade; only the abstract is reachable, so this
-is the project's reading (ALGORITHMS.md §5), with its choices as options:
+is the project's reading (docs/methods.md, "Cascaded GAN unlearning"), with its choices as options:
 - substitution: the forget items leave the requesting site's real stream at once; its retained items take their
   place, and G never gets an explicit "move away" objective;
 - fake label: at the requesting site, D_s is trained with BCE(D_s(x_forget), y_fake) (λ = `weight`) next to its
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedgan.site import UnlearnStageOptions
+from fedgan.site_unlearning import UnlearnStageOptions
 from fedgan.unlearning.base import UnlearningJob, UnlearningMethod, register_method
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedgan.site import UnlearnStageOptions
+from fedgan.site_unlearning import UnlearnStageOptions
 from fedgan.unlearning.base import UnlearningJob, UnlearningMethod, register_method
 
 

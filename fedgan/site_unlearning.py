@@ -1,0 +1,133 @@
+"""The site-side stage of a forget request: what the requesting site does to its own discriminator.
+
+Only the site that held the items runs these stages, on its own shard; the items never leave it. Two kinds
+(docs/methods.md, "Cascaded GAN unlearning" and "Baselines"):
+- ``fake_label`` (the cascade's D stage, also `uniform` with y_fake = 1/2): `steps` D steps on
+  BCE(D(x_retain), 1) + BCE(D(x̂), 0) + λ·BCE(D(x_forget), y_fake);
+- ``noise`` (UNSIR adapted to a discriminator, our adaptation): error-maximising noise for the forget items'
+  labels, then impair steps (that noise presented as real, at a raised learning rate) and repair steps on retained
+  data only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from fedgan.site import Site
+
+STAGE_KINDS = ("fake_label", "noise")
+STAGE_PROBE_ITEMS = 256  # forget items on which a stage reports mean D before/after
+NOISE_L2 = 0.1  # UNSIR's penalty on the noise's norm
+NOISE_LR = 0.1  # UNSIR's learning rate for the noise
+
+
+@dataclass(frozen=True)
+class UnlearnStageOptions:
+    """One site-side stage: its kind, its step count, λ (`weight`), y_fake, and the noise stage's settings.
+
+    `fake_label` is a number, or ``"generated"`` for the mean D(x̂) on the stage's synthetic batch.
+    """
+
+    kind: str = "fake_label"
+    steps: int = 20
+    weight: float = 1.0
+    fake_label: float | str = 0.0
+    noise_steps: int = 40
+    impair_lr_scale: float = 10.0
+
+
+def run_stage(site: Site, fake: torch.Tensor, fake_labels: torch.Tensor | None, forget_ids: np.ndarray,
+              options: UnlearnStageOptions) -> dict[str, float]:
+    """One stage at `site` on its items `forget_ids` (still held, excluded from the real stream); its statistics."""
+    fake = fake.to(site.device, torch.float32)
+    fake_labels = fake_labels.to(site.device) if (fake_labels is not None and site.conditional) else None
+    forget_pos = torch.from_numpy(site.shard.positions_of(forget_ids)).to(site.device)
+    probe = forget_pos[:STAGE_PROBE_ITEMS]  # a fixed subset: the statistic must not cost more than the stage
+    before = mean_probability(site, probe)
+    if options.kind == "noise":
+        target = _noise_stage(site, fake, fake_labels, forget_pos, options)
+    elif options.kind == "fake_label":
+        target = _fake_label_stage(site, fake, fake_labels, forget_pos, options)
+    else:
+        raise KeyError(f"unknown unlearning stage kind {options.kind!r}; use one of {', '.join(STAGE_KINDS)}")
+    return {"d_forget_before": before, "d_forget_after": mean_probability(site, probe),
+            "fake_label": target, "steps": float(options.steps)}
+
+
+@torch.no_grad()
+def mean_probability(site: Site, positions: torch.Tensor) -> float:
+    """Mean D(x) over shard items at `positions`."""
+    images, labels = site.shard.items_at(positions)
+    return float(torch.sigmoid(site.discriminator(images, labels)).mean())
+
+
+def _fake_label_stage(site: Site, fake, fake_labels, forget_pos, options: UnlearnStageOptions) -> float:
+    D = site.discriminator
+    if options.fake_label == "generated":  # the soft label: how real D finds G's current samples
+        with torch.no_grad():
+            target = float(torch.sigmoid(D(fake, fake_labels)).mean())
+    else:
+        target = float(options.fake_label)
+    for _ in range(options.steps):
+        forget, forget_labels = site.shard.sample_from(forget_pos, site.options.batch_size, site.rng)
+        site.optimizer.zero_grad(set_to_none=True)
+        forget_logits = D(forget, forget_labels)
+        loss = (_retained_real_loss(site) + F.softplus(D(fake, fake_labels)).mean()
+                + options.weight * F.binary_cross_entropy_with_logits(
+                    forget_logits, torch.full_like(forget_logits, target)))
+        loss.backward()
+        site.optimizer.step()
+        site.steps += 1
+    return target
+
+
+def _retained_real_loss(site: Site) -> torch.Tensor:
+    """BCE(D(x_retain), 1) on a retained batch; zero when the site retains nothing (the term drops out)."""
+    if not site.shard.has_real:
+        return torch.zeros((), device=site.device)
+    real, real_labels = site.sample_real(site.options.batch_size)
+    return F.softplus(-site.discriminator(real, real_labels)).mean()
+
+
+def _noise_stage(site: Site, fake, fake_labels, forget_pos, options: UnlearnStageOptions) -> float:
+    D = site.discriminator
+    noise, noise_labels = _error_maximising_noise(site, forget_pos, options.noise_steps)
+    impair = torch.optim.Adam(D.parameters(), lr=site.options.lr * options.impair_lr_scale,
+                              betas=site.options.betas)
+    for phase, optimizer in (("impair", impair), ("repair", site.optimizer)):
+        for _ in range(options.steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = _retained_real_loss(site) + F.softplus(D(fake, fake_labels)).mean()
+            if phase == "impair":  # noise that D finds maximally fake for these labels, presented as real
+                loss = loss + options.weight * F.softplus(-D(noise, noise_labels)).mean()
+            loss.backward()
+            optimizer.step()
+            site.steps += 1
+    return 1.0
+
+
+def _error_maximising_noise(site: Site, forget_pos: torch.Tensor, steps: int
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """UNSIR's noise, per forget label: maximise D's 'real' loss with D frozen, plus a small L2 penalty."""
+    _, labels = site.shard.sample_from(forget_pos, site.options.batch_size, site.rng)
+    count = len(labels) if labels is not None else min(site.options.batch_size, len(forget_pos))
+    noise = torch.randn((count, *site.shard.image_shape), generator=site.rng).to(site.device).requires_grad_(True)
+    optimizer = torch.optim.Adam([noise], lr=NOISE_LR)
+    for parameter in site.discriminator.parameters():
+        parameter.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            logits = site.discriminator(noise, labels)
+            loss = -F.softplus(-logits).mean() + NOISE_L2 * noise.pow(2).flatten(1).sum(1).mean()
+            loss.backward()
+            optimizer.step()
+    finally:
+        for parameter in site.discriminator.parameters():
+            parameter.requires_grad_(True)
+    return noise.detach(), labels

@@ -1,0 +1,101 @@
+"""Measuring a federation for a forget certificate: what its generator makes, and what the requesting D remembers.
+
+The same measurement runs before unlearning, after each method and after retrain (docs/methods.md, "Proof of
+forgetting"): the class histogram of G's samples and, for class requests, the forget-class rate; FID_LeNet / KID
+against the test images of the retained classes; a downstream classifier trained on G's samples; and for item
+requests a LOGAN-style white-box membership attack on the requesting site's discriminator (its logits on
+forgotten items F, retained members R and test non-members N, through the measurement-only `query_logits`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedgan.datasets import DatasetSplits
+from fedgan.engine import SiteEngine, site_positions
+from fedgan.evaluation.classifier import Evaluator
+from fedgan.evaluation.forgetting import (
+    downstream_accuracy,
+    forget_class_rate,
+    membership_inference,
+    pseudo_label,
+    retained_fid,
+)
+from fedgan.evaluation.metrics import class_histogram
+from fedgan.federation import GeneratorServer
+from fedgan.forget import Resolution
+from fedgan.scenario import Scenario
+
+
+class ForgettingProbe:
+    """Every metric of a certificate, for the federation as it stands."""
+
+    def __init__(self, scenario: Scenario, splits: DatasetSplits, evaluator: Evaluator) -> None:
+        self.scenario = scenario
+        self.config = scenario.unlearning
+        self.splits = splits
+        self.evaluator = evaluator
+        train = splits.train
+        order = np.argsort(train.ids.numpy())
+        self._sorted_ids, self._order = train.ids.numpy()[order], order
+
+    def labels_of(self, ids: np.ndarray) -> np.ndarray:
+        """Labels of training items given by global id."""
+        return self.splits.train.labels.numpy()[self._positions(ids)]
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        return self._order[np.searchsorted(self._sorted_ids, np.asarray(ids, dtype=np.int64))]
+
+    def measure(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], tag: str,
+                retained_classes: list[int]) -> dict[int, dict[str, Any]]:
+        """Every request's metrics (request index -> metrics): G's samples, and the requesting site's D."""
+        c = self.config
+        fake = server.sample(c.eval_samples, f"certificate-{tag}")
+        shared = {"class_histogram": class_histogram(self.evaluator, fake, self.splits.train.num_classes)}
+        shared.update(self._generator_metrics(server, fake, retained_classes, tag))
+        out: dict[int, dict[str, Any]] = {}
+        for index, resolution in enumerate(batch):
+            metrics = dict(shared)
+            if resolution.forget_classes:
+                metrics["forget_class_rate"] = forget_class_rate(self.evaluator, fake, resolution.forget_classes)
+            if resolution.request.kind == "items":
+                metrics.update(self._membership(engine, resolution, index))
+            out[index] = metrics
+        return out
+
+    def _generator_metrics(self, server: GeneratorServer, fake: torch.Tensor, retained: list[int], tag: str
+                           ) -> dict[str, Any]:
+        """Quality of G on what the federation still holds: FID/KID against those classes, downstream accuracy."""
+        test = self.splits.test
+        num_classes = self.splits.train.num_classes
+        metrics: dict[str, Any] = {}
+        metrics.update(retained_fid(self.evaluator, test.float_images(), test.labels, fake, retained))
+        train_images = server.sample(self.config.downstream_samples, f"downstream-{tag}")
+        train_labels = pseudo_label(self.evaluator, train_images)  # an unconditional G's samples carry no label
+        metrics["downstream_accuracy"] = downstream_accuracy(
+            train_images, train_labels, test.float_images(), test.labels, num_classes, classes=retained,
+            epochs=self.config.downstream_epochs, seed=0)
+        return metrics
+
+    def _membership(self, engine: SiteEngine, resolution: Resolution, index: int) -> dict[str, Any]:
+        """LOGAN-style attack on the requesting site's D: F forgotten, R retained members, N test non-members."""
+        site = resolution.request.site
+        rng = np.random.default_rng(index)
+        train, test = self.splits.train, self.splits.test
+        forget = np.asarray(resolution.forget_ids[site])
+        forget = rng.permutation(forget)[: self.config.mia_size]
+        classes = np.unique(self.labels_of(forget))
+        held = train.ids.numpy()[site_positions(self.scenario)[site]]
+        member_pool = held[~np.isin(held, np.asarray(resolution.forget_ids[site]))]
+        member_pool = member_pool[np.isin(self.labels_of(member_pool), classes)]
+        member = rng.permutation(member_pool)[: len(forget)]
+        nonmember = rng.permutation(np.flatnonzero(np.isin(test.labels.numpy(), classes)))[: len(forget)]
+        scores = []
+        for images, labels in ((train.float_images()[self._positions(forget)], train.labels[self._positions(forget)]),
+                               (train.float_images()[self._positions(member)], train.labels[self._positions(member)]),
+                               (test.float_images()[nonmember], test.labels[nonmember])):
+            conditional_labels = labels if self.scenario.model.conditional else None
+            scores.append(engine.query_logits(site, images, conditional_labels).numpy())
+        return membership_inference(*scores)
