@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -169,10 +170,25 @@ def test_ledger_records_a_request_through_to_done_with_timings_and_certificate(t
     assert is_new and view["state"] == "done"
     assert ForgetRequest.from_dict(view["request"]) == request.with_id()
     assert view["certificate"] == {"forget_class_rate": 0.01}
-    assert view["received_at"] <= view["started_at"] <= view["finished_at"]
-    assert view["seconds"] == pytest.approx(view["finished_at"] - view["started_at"])
     assert [e["state"] for e in ledger.entries()] == ["received", "running", "done"]
     assert ledger.forgotten_ids() == {0: {10, 12}}
+
+
+def test_ledger_times_each_request_from_running_to_done(tmp_path, monkeypatch):
+    # Prepare: a clock that reads 100 at receipt, 130 when serving starts and 172.5 when it ends.
+    clock = iter([100.0, 130.0, 172.5])
+    monkeypatch.setattr("fedgan.forget.time", SimpleNamespace(time=lambda: next(clock)))
+    ledger = ForgetLedger(tmp_path / "ledger.jsonl")
+
+    # Execute
+    request_id, _ = ledger.receive(ForgetRequest(site=0, forget_class=7, round=3))
+    ledger.mark(request_id, "running")
+    ledger.mark(request_id, "done", forget_ids={0: np.array([10])}, certificate=[])
+
+    # Assert: the serving time, not the wait in the queue; and each stamp from its own event.
+    view = ledger.states()[request_id]
+    assert (view["received_at"], view["started_at"], view["finished_at"]) == (100.0, 130.0, 172.5)
+    assert view["seconds"] == 42.5
 
 
 @pytest.mark.parametrize("path", [("done",), ("received",), ("running", "done", "running"), ("refused", "done")])

@@ -1,15 +1,20 @@
 """Forget requests end to end (in process): every method serves a request, the ledger records it, items go away."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from fedgan.engine import InProcessEngine, site_positions
-from fedgan.experiment import run_experiment
-from fedgan.forget import ForgetLedger, ForgetRequest, drop_request
-from fedgan.unlearning import METHODS
+from fedgan.experiment import prepare, run_experiment
+from fedgan.federation import GeneratorServer
+from fedgan.forget import ForgetLedger, ForgetRequest, drop_request, resolve_request
+from fedgan.unlearning import METHODS, UnlearningJob
+from fedgan.unlearning.intake import RequestIntake
+from fedgan.unlearning.measurement import ForgettingProbe
 from tests.conftest import tiny_scenario
 
 CERTIFICATE_FIELDS = ("request", "method", "fid_lenet_retained", "downstream_accuracy", "seconds",
@@ -50,7 +55,7 @@ def _checkpoint_sites(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["sites"]
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if m != "retrain"))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].reference))
 def test_every_method_serves_a_class_request_and_is_certified_against_retrain(method, tmp_path):
     # Prepare: site 0 forgets its most common class at round 2.
     base = forget_scenario([method, "retrain"], [])
@@ -59,38 +64,139 @@ def test_every_method_serves_a_class_request_and_is_certified_against_retrain(me
     # Execute
     summary = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)
 
-    # Assert: one certificate with the contract's fields; the class is gone from site 0's shard for good.
+    # Assert: one certificate with the contract's fields; each gap is after − retrain; the class is gone from
+    # site 0's shard for good and the ledger holds the same certificate.
     (entry,) = summary["unlearning"]
     for field in CERTIFICATE_FIELDS + ("forget_class_rate",):
         assert field in entry, field
-    assert entry["method"] == method
-    assert set(entry["forget_class_rate"]) == {"before", "after", "retrain", "gap_to_retrain"}
-    assert entry["rounds"] >= 1 and entry["retrain_rounds"] == 2
+    assert entry["method"] == method and entry["rounds"] >= 1
+    for key in ("forget_class_rate", "fid_lenet_retained", "downstream_accuracy"):
+        m = entry[key]
+        assert m["gap_to_retrain"] == pytest.approx(m["after"] - m["retrain"]), key
+    assert entry["speedup_vs_retrain"] == pytest.approx(entry["retrain_seconds"] / entry["seconds"])
     forgotten = set(_checkpoint_sites(tmp_path)[0]["forgotten"].tolist())
     assert forgotten == set(_ids_of_class(scenario, 0, klass))
     state = ForgetLedger(tmp_path / "ledger.jsonl").states()
     assert [s["state"] for s in state.values()] == ["done"]
+    assert next(iter(state.values()))["certificate"][0]["fid_lenet_retained"] == entry["fid_lenet_retained"]
     assert (tmp_path / "unlearning.md").read_text().count(method) >= 1
 
 
-def test_item_request_reports_membership_inference_and_deletes_the_items(tmp_path):
-    # Prepare
-    base = forget_scenario(["cascaded", "retrain"], [])
+def test_the_retrain_numbers_of_a_certificate_are_those_of_a_federation_trained_without_the_items(tmp_path):
+    # Prepare: site 0 forgets its most common class after round 3; cascaded is certified against retrain.
+    base = forget_scenario(["cascaded", "retrain"], [], rounds=5)
+    klass = held_class(base, 0)
+    request = {"site": 0, "class": klass, "round": 3}
+    scenario = forget_scenario(["cascaded", "retrain"], [request], rounds=5)
+    (entry,) = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path / "run")["unlearning"]
+
+    # Execute: a federation built independently, whose site 0 never held the class, trained 3 rounds, measured.
+    splits, evaluator = prepare(scenario)
+    engine = InProcessEngine(scenario, "cpu")
+    sites = engine.open({0: np.asarray(_ids_of_class(scenario, 0, klass))})
+    server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, torch.device("cpu"))
+    for _ in range(3):
+        server.step(engine)
+    resolution = resolve_request(ForgetRequest.from_dict(request).with_id(),
+                                 RequestIntake(scenario, splits, ForgetLedger(tmp_path / "l.jsonl"), tmp_path,
+                                               print).holdings(), splits.train.num_classes)
+    counts = np.stack([s.class_counts for s in sites]).sum(0)
+    retained = [c for c in range(splits.train.num_classes) if counts[c] > 0]
+    (measured,) = ForgettingProbe(scenario, splits, evaluator).measure(server, engine, [resolution], "retrain",
+                                                                       retained).values()
+
+    # Assert: the certificate's retrain column is exactly that federation's measurement.
+    for key in ("forget_class_rate", "fid_lenet_retained", "kid_retained", "downstream_accuracy"):
+        assert entry[key]["retrain"] == measured[key], key
+    assert entry["class_histogram"]["retrain"] == measured["class_histogram"]
+    assert entry["retrain_rounds"] == 3 and entry["details"]["stage_stats"]
+
+
+def test_item_request_deletes_the_items_and_certifies_the_attack_against_one_retrain(tmp_path):
+    # Prepare: site 1 forgets ten items; two methods are certified against the same retrain.
+    base = forget_scenario(["cascaded", "finetune", "retrain"], [])
     items = site_items(base, 1, 10)
-    scenario = forget_scenario(["cascaded", "retrain"], [{"site": 1, "items": items, "round": 2}])
+    scenario = forget_scenario(["cascaded", "finetune", "retrain"], [{"site": 1, "items": items, "round": 2}])
     engine = InProcessEngine(scenario, "cpu")
 
     # Execute
     summary = run_experiment(scenario, engine, tmp_path)
 
-    # Assert
-    assert engine._snapshots == {}  # no state copy outlives the request (under Flower they ride every message)
-    (entry,) = summary["unlearning"]
-    for key in ("mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember"):
-        assert 0.0 <= entry[key]["before"] <= 1.0 and 0.0 <= entry[key]["retrain"] <= 1.0
-    assert set(_checkpoint_sites(tmp_path)[1]["forgotten"].tolist()) == set(items)  # only the ids remain
+    # Assert: no state copy outlives the request (under Flower they ride every message); the attack's numbers
+    # share one "before" and one retrain, with gaps after − retrain; only the ids remain at the site.
+    assert engine._snapshots == {}
+    cascaded, finetune = summary["unlearning"]
+    assert (cascaded["method"], finetune["method"]) == ("cascaded", "finetune")
+    for key in ("mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember", "mia_auc_forget_vs_member",
+                "mia_tpr_at_1pct_fpr_forget"):
+        assert cascaded[key]["before"] == finetune[key]["before"], key
+        assert cascaded[key]["retrain"] == finetune[key]["retrain"], key
+        assert cascaded[key]["gap_to_retrain"] == pytest.approx(cascaded[key]["after"] - cascaded[key]["retrain"])
+    assert set(_checkpoint_sites(tmp_path)[1]["forgotten"].tolist()) == set(items)
     ledger = ForgetLedger(tmp_path / "ledger.jsonl")
     assert ledger.forgotten_ids()[1] == set(items)
+
+
+# ---- what each method does to the requesting site's discriminator ----
+
+TRAINED_ROUNDS = 60  # enough for the tiny D to score its members well above 1/2 (≈ 0.75)
+
+
+@pytest.fixture(scope="module")
+def trained_federation():
+    """A tiny federation trained 60 rounds in process, site 0's most common class as the forget set."""
+    scenario = tiny_scenario(training={"rounds": TRAINED_ROUNDS}, unlearning={
+        "stages": 2, "stage-d-steps": 10, "stage-g-rounds": 1, "relearn-rounds": 1, "noise-steps": 5})
+    splits, _ = prepare(scenario)
+    engine = InProcessEngine(scenario, "cpu")
+    sites = engine.open()
+    server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, torch.device("cpu"))
+    for _ in range(TRAINED_ROUNDS):
+        server.step(engine)
+    klass = held_class(scenario, 0)
+    ids = np.asarray(_ids_of_class(scenario, 0, klass))
+    positions = np.flatnonzero(np.isin(splits.train.ids.numpy(), ids))
+    images = splits.train.float_images()[positions]
+    engine.snapshot("trained")
+    state, counts = copy.deepcopy(server.state_dict()), server.class_counts.copy()
+
+    def mean_d_on_forget_items(method: str | None) -> float:
+        """Mean D_0(x) on the forget items after `method` runs from the trained state (None: as trained)."""
+        engine.restore("trained")
+        server.load_state_dict(copy.deepcopy(state))
+        server.class_counts = counts.copy()
+        if method is not None:
+            labels_of = dict(zip(splits.train.ids.numpy().tolist(), splits.train.labels.numpy().tolist()))
+            job = UnlearningJob(server, engine, {0: ids}, (klass,), scenario.unlearning,
+                                lambda i: np.asarray([labels_of[int(x)] for x in i]), training_rounds=TRAINED_ROUNDS)
+            METHODS[method]().run(job)
+        return float(torch.sigmoid(engine.query_logits(0, images, None)).mean())
+
+    return mean_d_on_forget_items
+
+
+@pytest.mark.parametrize("method", ["cascaded", "uniform"])
+def test_a_site_side_stage_lowers_the_requesting_discriminator_on_the_forget_items(method, trained_federation):
+    # Execute
+    trained, after_finetune, after = (trained_federation(m) for m in (None, "finetune", method))
+
+    # Assert: members score well above 1/2 before; the stage takes them clearly below what finetune leaves.
+    assert trained > 0.65
+    assert after < after_finetune - 0.05
+
+
+def test_finetune_leaves_the_requesting_discriminator_where_plain_training_does(trained_federation):
+    # finetune has no site-side stage: the forget items only leave the real stream, so D_0 still scores them as
+    # it did (within plain training's drift over the same few rounds).
+    trained, after = trained_federation(None), trained_federation("finetune")
+    assert abs(after - trained) < 0.02
+
+
+@pytest.mark.xfail(strict=True, reason="known shortfall: the UNSIR adaptation's impair phase (noise presented as real "
+                   "at 10× the learning rate) raises D_0 on the forget items (measured 0.75 → 0.99), where the other "
+                   "stages lower it")
+def test_the_noise_stage_lowers_the_requesting_discriminator_on_the_forget_items(trained_federation):
+    assert trained_federation("noise") < trained_federation("finetune") - 0.05
 
 
 def test_bad_requests_are_refused_with_a_reason_and_duplicates_are_idempotent(tmp_path):
