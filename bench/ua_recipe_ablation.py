@@ -1,4 +1,4 @@
-"""Which training recipe lets the generator learn the sites' mixture? (issue 9; ALGORITHMS.md §1.)
+"""Which training recipe lets the generator learn the sites' mixture? (issue 9; docs/methods.md, Universal Aggregation.)
 
 Runs named variants of one scenario (default: the hard split, scenarios/ua-hard-split.toml) in process, several at
 once in worker processes (a GPU has room for many small federations), and measures the mixture every `--every`

@@ -1,4 +1,4 @@
-"""How the server turns the sites' answers into the generator's gradient (ALGORITHMS.md §1–2).
+"""How the server turns the sites' answers into the generator's gradient (docs/methods.md, Universal Aggregation).
 
 Each site j returns, for the synthetic batch x̂ the server sent, its logits ℓ_j[b] and the per-sample input
 gradients ∂ℓ_j[b]/∂x̂[b]. An aggregator defines the generator loss as a function of the logits only,
@@ -121,7 +121,7 @@ def site_log_weights(
     """Log weights (K_present, B) of the answering sites for each sample, each column normalised to sum 1.
 
     class_counts: (K, C) items per site and class, as reported by the sites. present: indices of the sites that
-    answered this round (a missing site is dropped and the rest renormalised, ALGORITHMS.md §1).
+    answered this round (a missing site is dropped and the rest renormalised, docs/methods.md, Universal Aggregation).
     mode: ``size`` w_j = n_j / n (the paper's π_j); ``uniform`` w_j = 1/K (the reference code's unconditional
     choice); ``per_class`` w_j(y) = n_{j,y} / Σ_k n_{k,y} (the reference code's conditional choice; needs labels).
     Where every answering site has zero weight for a sample's class, that sample falls back to uniform weights

@@ -1,6 +1,6 @@
 """Offline image datasets behind a registry: the first step of every run turns `data.name` into train/test tensors.
 
-Nothing here downloads at run time (see /work/shared/DATA.md). Files the user or a system package provides are
+Nothing here downloads at run time (docs/data.md). Files the user or a system package provides are
 decoded once and cached as `.npz` under `cache_dir("datasets")`, keyed by the sha256 of the source files, so a
 second load takes well under a second. Every item carries a stable global id (train 0..N-1, then test), which the
 forget requests of later steps refer to.

@@ -360,7 +360,7 @@ class ForgetLedger:
         for entry in self.entries():
             request_id, state = entry["request_id"], entry["state"]
             if state == "received":
-                views.pop(request_id, None)  # re-inserted last, so pending() keeps the order of (re)submission
+                views.pop(request_id, None)  # re-inserted last: views keep the order of (re)submission
                 views[request_id] = {"request_id": request_id}
             view = views.setdefault(request_id, {"request_id": request_id})
             view.update({k: v for k, v in entry.items() if k not in ("request_id", "time")})
@@ -377,11 +377,6 @@ class ForgetLedger:
                 for site, ids in view.get("forget_ids", {}).items():
                     forgotten.setdefault(int(site), set()).update(int(i) for i in ids)
         return forgotten
-
-    def pending(self) -> list[ForgetRequest]:
-        """Requests received but not yet running, done or refused, in order (what a resumed server still owes)."""
-        return [ForgetRequest.from_dict(view["request"], where=f"ledger {view['request_id']}")
-                for view in self.states().values() if view["state"] == "received"]
 
 
 # --------------------------------------------------------------------------------------------------------------

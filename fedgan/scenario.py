@@ -106,7 +106,8 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class UnlearningConfig:
-    """The [unlearning] table: which methods serve forget requests, and the cascade's knobs (ALGORITHMS.md §5).
+    """The [unlearning] table: which methods serve forget requests, and the cascade's knobs
+    (docs/methods.md, Cascaded GAN unlearning).
 
     One stage = `stage_d_steps` D steps at each requesting site, then `stage_g_rounds` normal UA rounds of G, with
     G's learning rate multiplied by `generator_lr_scale` while a method runs (the server's share of the request).

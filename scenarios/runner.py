@@ -19,7 +19,7 @@ from fedgan.results import mixture_markdown
 from fedgan.scenario import Scenario
 from fedgan.storage import atomic_write_json, atomic_write_text
 
-# Flower calls out to the network unless told not to, and would `uv sync` the project per run (FLOWER.md).
+# Flower calls out to the network unless told not to, and would `uv sync` the project per run (docs/engines.md).
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",

@@ -44,7 +44,8 @@ def test_server_gradient_equals_autograd_through_central_loss(name):
 
 
 def test_ua_gradient_matches_closed_form():
-    # Prepare: ALGORITHMS.md §1: ∂L/∂x[b] = (σ(ℓ_ua[b]) − 1)/B · Σ_j softmax_j(ℓ_j + log π_j)[b] · ∂ℓ_j[b]/∂x[b]
+    # Prepare (docs/methods.md, Universal Aggregation):
+    # ∂L/∂x[b] = (σ(ℓ_ua[b]) − 1)/B · Σ_j softmax_j(ℓ_j + log π_j)[b] · ∂ℓ_j[b]/∂x[b]
     torch.manual_seed(1)
     K, B = 4, 6
     logits = torch.randn(K, B, dtype=torch.float64) * 3

@@ -21,8 +21,9 @@ from fedgan.evaluation.metrics import (
     class_coverage,
     class_histogram,
     evaluate_generator_samples,
-    fid_kid,
+    fid_lenet,
     inception_score_lenet,
+    kid,
     label_fidelity,
 )
 from fedgan.evaluation.plots import plot_training_curves, save_sample_grid
@@ -153,6 +154,12 @@ def test_bad_labels_are_rejected_before_training(data):
 
 
 # ---- metrics ----
+
+def fid_kid(evaluator, real, fake, kid_subset_size=1000):
+    """Both distances at once, as the tests below compare them."""
+    kid_mean, kid_std = kid(evaluator, real, fake, subset_size=kid_subset_size)
+    return {"fid_lenet": fid_lenet(evaluator, real, fake), "kid": kid_mean, "kid_std": kid_std}
+
 
 def test_fid_and_kid_are_near_zero_for_a_set_against_itself_and_larger_for_another_class(evaluator: Evaluator):
     # Prepare

@@ -252,21 +252,6 @@ def test_refused_request_can_be_resubmitted(tmp_path):
     assert [e["state"] for e in ledger.entries()] == ["received", "refused", "received"]
 
 
-def test_pending_lists_received_requests_in_order(tmp_path):
-    # Prepare
-    ledger = ForgetLedger(tmp_path / "ledger.jsonl")
-    ids = [ledger.receive(ForgetRequest(site=s, forget_class=1))[0] for s in range(4)]
-    ledger.mark(ids[0], "running")
-    ledger.mark(ids[2], "refused", reason="no")
-
-    # Execute
-    pending = ledger.pending()
-
-    # Assert
-    assert [r.site for r in pending] == [1, 3]
-    assert [r.request_id for r in pending] == [ids[1], ids[3]]
-
-
 def test_forgotten_ids_merges_done_requests_only(tmp_path):
     # Prepare
     ledger = ForgetLedger(tmp_path / "ledger.jsonl")

@@ -1,6 +1,7 @@
 """The evaluator: a small LeNet-style classifier trained once per dataset, cached, then used to measure GANs.
 
-ALGORITHMS.md section 4: with no downloads allowed, there is no Inception network, so every GAN metric looks at
+docs/methods.md, Measuring a GAN without downloads: with no downloads allowed, there is no Inception network, so
+every GAN metric looks at
 images through this net instead: its penultimate activations feed FID_LeNet and KID, its predictions feed the class
 histogram, class coverage, the Inception-Score analogue and label fidelity (see `metrics.py`). Its test accuracy and
 the hash of its weights travel with every result, so a number says which yardstick measured it.
@@ -291,7 +292,8 @@ def load_or_train_evaluator(
     Images are float (N,C,H,W) in [-1, 1], labels int64 (N,). `cache` is a folder overriding
     `cache_dir("evaluators")`. The cache file name hashes the data fingerprint, shape, classes, epochs and seed,
     so a changed input never reuses a stale net. Training on Fashion-MNIST (4 epochs) takes about 40 s on 2 CPU cores
-    and reaches about 91 % test accuracy (ALGORITHMS.md section 4). With `train_sources`/`test_sources` (a mixed
+    and reaches about 91 % test accuracy (docs/methods.md, Measuring a GAN without downloads). With
+    `train_sources`/`test_sources` (a mixed
     dataset), the net learns modes source * num_classes + label (see the module docstring).
     """
     num_sources = 1

@@ -1,4 +1,4 @@
-"""Proof of forgetting (issue 8, section 4; ALGORITHMS.md sections 3-4): what an unlearning run is judged by.
+"""Proof of forgetting (docs/methods.md, The proof of forgetting): what an unlearning run is judged by.
 
 Engine-free: plain tensors or arrays in, JSON-ready dicts and floats out. The caller (the unlearning driver) collects
 discriminator scores, generated samples and the evaluator, and calls these before unlearning, after it, and on the
@@ -83,11 +83,12 @@ def tpr_at_fpr(positive_scores: Scores, negative_scores: Scores, fpr: float = MI
 
 
 def membership_inference(forget_scores: Scores, member_scores: Scores, nonmember_scores: Scores) -> dict[str, Any]:
-    """LOGAN-style white-box attack summary (ALGORITHMS.md section 4): AUCs and TPR at 1 % FPR from D(x) logits.
+    """LOGAN-style white-box attack summary (docs/methods.md, The proof of forgetting):
+    AUCs and TPR at 1 % FPR from D(x) logits.
 
     `forget_scores` (F), `member_scores` (R) and `nonmember_scores` (N) are the requesting site's discriminator
     logits on its forgotten items, on retained items of its shard, and on test-split items of the same classes;
-    draw them equal-size (`equal_size`) so the three AUCs are comparable. Read AUC(R vs N) first: near 0.5 means the
+    drawn at one size so the three AUCs are comparable. Read AUC(R vs N) first: near 0.5 means the
     attack has no power and AUC(F vs N) proves nothing. After unlearning, AUC(F vs N) should reach retrain's value.
     """
     forget = _as_scores(forget_scores, "forget_scores")
@@ -103,26 +104,13 @@ def membership_inference(forget_scores: Scores, member_scores: Scores, nonmember
     }
 
 
-def equal_size(*arrays: np.ndarray | Sequence[Any], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Each array subsampled without replacement to the smallest one's length, original order kept.
-
-    Used to draw the F, R and N sets (of item ids or scores) at one size, so no AUC rests on more data than another.
-    """
-    if not arrays:
-        raise ValueError("equal_size: got no arrays, expected at least one")
-    arrays_np = [np.asarray(array) for array in arrays]
-    size = min(len(array) for array in arrays_np)
-    # Sorted indices keep each subsample in its input order (ids stay readable); an array already at `size` is kept.
-    return tuple(array[np.sort(rng.choice(len(array), size=size, replace=False))] for array in arrays_np)
-
-
 # ---- class forgetting ----
 
 def forget_class_rate(evaluator: Predictor, fake_images: torch.Tensor, forget_classes: Sequence[int]) -> float:
     """Share of generated samples the evaluator classifies into any forgotten class (issue 8, section 4).
 
     Compare it with retrain's rate, not with zero: the evaluator's own confusion between classes sets the floor
-    (ALGORITHMS.md section 5).
+    (docs/methods.md, Cascaded GAN unlearning).
     """
     if len(fake_images) == 0:
         raise ValueError("fake_images: got no samples, expected at least one")
@@ -138,23 +126,17 @@ def retained_fid(
     fake_images: torch.Tensor,
     retained_classes: Sequence[int],
     *,
-    exclude_forgotten_fakes: bool = False,
     kid_subset_size: int = 1000,
 ) -> dict[str, float | int]:
     """FID_LeNet and KID of generated samples against the real (test) images of the retained classes only.
 
     Keys `fid_lenet_retained`, `kid_retained`, `kid_retained_std`, `retained_fid_fake_count`. The retained-class
     reference is what "quality on what is kept" means after a class request; leftover forgotten-class samples
-    then count against the generator. With `exclude_forgotten_fakes`, samples the evaluator assigns to a class
-    outside `retained_classes` are dropped first, isolating the quality of the retained content from the
-    forgetting itself.
+    then count against the generator.
     """
     retained = torch.as_tensor(list(retained_classes), dtype=torch.int64)
     real_kept = real_images[torch.isin(real_labels.cpu().to(torch.int64), retained).to(real_images.device)]
-    if exclude_forgotten_fakes:
-        fake_kept = fake_images[torch.isin(evaluator.predict(fake_images).cpu(), retained).to(fake_images.device)]
-    else:
-        fake_kept = fake_images
+    fake_kept = fake_images
     kid_mean, kid_std = kid(evaluator, real_kept, fake_kept, subset_size=kid_subset_size)
     return {
         "fid_lenet_retained": fid_lenet(evaluator, real_kept, fake_kept),
@@ -250,7 +232,8 @@ def with_retrain_gap(
 ) -> dict[str, dict[str, Any]]:
     """Each metric as `{before, after, retrain, gap_to_retrain}` (the certificate fields of issue 8, section 4).
 
-    Retraining from scratch is the gold standard (ALGORITHMS.md section 3), so the gap is `after - retrain`.
+    Retraining from scratch is the gold standard (docs/methods.md, The proof of forgetting), so the gap is
+    `after - retrain`.
     A key missing from all three is skipped; a side that lacks it reads None, and so does a gap it makes
     incomputable.
     """

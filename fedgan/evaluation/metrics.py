@@ -1,4 +1,4 @@
-"""GAN metrics seen through the evaluator (ALGORITHMS.md section 4), behind a registry of named metrics.
+"""GAN metrics seen through the evaluator (docs/methods.md, Measuring a GAN without downloads), behind a registry.
 
 FID_LeNet and KID use torchmetrics with the evaluator's penultimate features in place of Inception (the numbers are
 not comparable to Inception-FID); the class histogram, class coverage, Inception-Score analogue and label fidelity
@@ -85,14 +85,6 @@ def kid(
         torch.manual_seed(seed)
         mean, std = metric.compute()
     return float(mean), float(std)
-
-
-def fid_kid(
-    evaluator: Evaluator, real_images: torch.Tensor, fake_images: torch.Tensor, *, kid_subset_size: int = 1000
-) -> dict[str, float]:
-    """FID_LeNet and KID of `fake_images` against `real_images`: keys `fid_lenet`, `kid`, `kid_std`."""
-    kid_mean, kid_std = kid(evaluator, real_images, fake_images, subset_size=kid_subset_size)
-    return {"fid_lenet": fid_lenet(evaluator, real_images, fake_images), "kid": kid_mean, "kid_std": kid_std}
 
 
 def class_histogram(evaluator: Evaluator, fake_images: torch.Tensor, num_classes: int) -> list[float]:

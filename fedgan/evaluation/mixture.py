@@ -1,4 +1,4 @@
-"""Did the generator learn the mixture of the sites? (UA-GAN's headline claim, ALGORITHMS.md §1.)
+"""Did the generator learn the mixture of the sites? (UA-GAN's headline claim, docs/methods.md, Universal Aggregation.)
 
 Two views, both through the evaluator:
 - **Modes per label** (mixed datasets such as the hard split, where digit i and garment i share label i): for each
