@@ -18,13 +18,13 @@ from typing import Any
 from fedgan.errors import ScenarioError
 from fedgan.forget import ForgetRequest
 from fedgan.models import ModelSpec
+from fedgan.schedule import LR_SCHEDULES
+from fedgan.shard import REAL_SAMPLING
 
 ENGINES = ("flower", "inprocess")
 SITE_WEIGHTS = ("size", "uniform", "per_class")
 LABEL_SAMPLING = ("uniform", "data")
-REAL_SAMPLING = ("shard", "balanced")
 R1_TARGETS = ("logit", "probability")
-LR_SCHEDULES = ("constant", "linear_decay")
 DEVICES = ("auto", "cpu", "cuda")
 
 
