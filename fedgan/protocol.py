@@ -5,7 +5,7 @@ records with these names. docs/protocol.md describes every message. What crosses
   down  TRAIN_ROUND: the synthetic batch x̂ (B, C, H, W) float32 [+ its labels (B,) int64] and the round number;
   up    its reply: logits (B,) float32 and input gradients (B, C, H, W) float32, plus three loss statistics.
 Once per run, SETUP carries the resolved scenario down and each site's class counts up. Never a discriminator
-weight, never a real image.
+weight, and never a real image from a site (the attacker's candidate images of QUERY_LOGITS go *to* the site).
 """
 
 SETUP = "train.setup"  # server -> site: scenario JSON; reply: site id and class counts

@@ -153,7 +153,7 @@ def pseudo_label(evaluator: Predictor, images: torch.Tensor) -> torch.Tensor:
 
     An unconditional G has no labels to train a downstream classifier with; the evaluator's labels stand in, so the
     downstream accuracy then measures how much class-distinguishing content the samples carry as the evaluator sees
-    it. A conditional G's samples keep the labels they were generated for instead.
+    it. The proof of forgetting pseudo-labels a conditional G's samples too, so both kinds are measured alike.
     """
     return evaluator.predict(images).cpu().to(torch.int64)
 
