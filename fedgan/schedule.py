@@ -1,8 +1,9 @@
 """Learning-rate schedules shared by the generator (server) and the discriminators (sites).
 
 ``constant``: no schedule. ``linear_decay``: the rate is kept for the first half of the training rounds, then falls
-linearly towards zero (2/T at the last of T rounds; the UA-GAN paper trains 200 + 200 epochs this way). Only a schedule touches an optimizer's rate, so
-unlearning's temporary scaling of G's rate (`generator-lr-scale`) is never overwritten under ``constant``.
+linearly towards zero (2/T at the last of T rounds; the UA-GAN paper trains 200 + 200 epochs this way). Only a
+schedule touches an optimizer's rate, so unlearning's temporary scaling of G's rate (`generator-lr-scale`) is never
+overwritten under ``constant``.
 """
 from __future__ import annotations
 
