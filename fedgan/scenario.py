@@ -21,7 +21,7 @@ from fedgan.models import ModelSpec
 from fedgan.schedule import LR_SCHEDULES
 from fedgan.shard import REAL_SAMPLING
 
-ENGINES = ("flower", "inprocess")
+ENGINES = ("flower", "inprocess", "batched")
 SITE_WEIGHTS = ("size", "uniform", "per_class")
 LABEL_SAMPLING = ("uniform", "data")
 R1_TARGETS = ("logit", "probability")
@@ -41,9 +41,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SitesConfig:
-    """How many sites take part."""
+    """How many sites take part, and how many one unit of work holds (a Flower node, a batched group)."""
 
     count: int = 10
+    per_node: int = 1  # sites per site group: under `batched`, groups of this size (1: one group of every site)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Which engine runs the sites: Flower's Ray simulation (`flower`) or the in-process loop (`inprocess`)."""
+    """Which engine runs the sites: Flower's Ray simulation (`flower`), the in-process loop (`inprocess`), or
+    site groups in process (`batched`)."""
 
     name: str = "flower"
     num_cpus: float = 1.0
@@ -321,6 +323,7 @@ def validate(s: Scenario) -> None:
 
     _require(s.seed >= 0, "seed", f"got {s.seed}", "use a non-negative integer")
     _require(s.sites.count >= 1, "sites.count", f"got {s.sites.count}", "use at least 1 site")
+    _require(s.sites.per_node >= 1, "sites.per-node", f"got {s.sites.per_node}", "use 1 or more sites per node")
     limit = s.data.train_limit
     _require(limit is None or limit >= 1, "data.train-limit", f"got {limit}", "use a positive number of items")
     _one_of(s.model.architecture, ARCHITECTURES, "model.architecture")

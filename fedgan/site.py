@@ -170,11 +170,24 @@ class Site:
                                {int(i) for i in state.get("excluded", torch.empty(0)).tolist()})
 
     def state_bytes(self) -> bytes:
-        """`state_dict` serialised with torch.save (exact: float32 bits and RNG state round-trip)."""
+        """`state_dict` serialised with torch.save, every tensor on the CPU (exact: float32 bits and RNG state
+        round-trip; a state saved by a site on a GPU loads anywhere)."""
         buffer = io.BytesIO()
-        torch.save(self.state_dict(), buffer)
+        torch.save(to_cpu(self.state_dict()), buffer)
         return buffer.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
-        """Inverse of `state_bytes` (weights_only loading: no arbitrary objects are unpickled)."""
-        self.load_state_dict(torch.load(io.BytesIO(data), map_location=self.device, weights_only=True))
+        """Inverse of `state_bytes`: loaded on the CPU (weights_only: no arbitrary objects are unpickled), then
+        moved to the site's device by the module and optimizer loaders; the RNG stays on the CPU."""
+        self.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+
+def to_cpu(state: Any) -> Any:
+    """A nested state (dicts, lists, tensors) with every tensor copied to the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {key: to_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_cpu(value) for value in state)
+    return state

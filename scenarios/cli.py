@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a scenario and write its results")
     run.add_argument("scenario", help="a scenario file, or the name of a shipped one (e.g. quickstart)")
     run.add_argument("--out", help="run directory (default: runs/<scenario>-<timestamp>)")
-    run.add_argument("--engine", choices=("flower", "inprocess"), help="override engine.name")
+    run.add_argument("--engine", choices=("flower", "inprocess", "batched"), help="override engine.name")
     run.add_argument("--rounds", type=int, help="override training.rounds")
     run.add_argument("--data-root", help="override data.root (a folder holding the dataset files)")
     run.add_argument("--aggregators", help="override compare.aggregators, e.g. ua,avg")

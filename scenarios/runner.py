@@ -1,7 +1,8 @@
 """Turn a scenario into a run: pick the engine, run it, write the run directory (and a comparison if asked).
 
 Engines: ``flower`` runs the real Flower ServerApp and ClientApp on Flower's Ray simulation engine
-(`flwr.simulation.run_simulation`); ``inprocess`` runs the same server loop and site code in this process.
+(`flwr.simulation.run_simulation`); ``inprocess`` runs the same server loop and site code in this process;
+``batched`` the same loop with the sites as site groups (`fedgan.batched_engine`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedgan.batched_engine import BatchedEngine
 from fedgan.engine import InProcessEngine
 from fedgan.errors import FedganError
 from fedgan.evaluation.plots import plot_mixture_shares
@@ -57,8 +59,9 @@ def default_out_dir(scenario: Scenario) -> Path:
 
 
 def run_inprocess(scenario: Scenario, out: Path, progress: ProgressFn | None, prepared: Any) -> dict[str, Any]:
-    """The in-process engine: the same loop and site code, no Flower."""
-    return run_experiment(scenario, InProcessEngine(scenario), out, progress=progress, prepared=prepared)
+    """An engine in this process: the same loop and site code, no Flower (`inprocess`, or `batched` groups)."""
+    engine = BatchedEngine(scenario) if scenario.engine.name == "batched" else InProcessEngine(scenario)
+    return run_experiment(scenario, engine, out, progress=progress, prepared=prepared)
 
 
 def run_flower(scenario: Scenario, out: Path, progress: ProgressFn | None,
@@ -89,7 +92,7 @@ def run_scenario(scenario: Scenario, out: Path, progress: ProgressFn | None = No
     if scenario.compare.aggregators:
         return run_comparison(scenario, out, progress, jobs)
     prepared = prepare(scenario)  # bad data or partition fails here, before anything is written
-    if scenario.engine.name == "inprocess":
+    if scenario.engine.name in ("inprocess", "batched"):
         return run_inprocess(scenario, out, progress, prepared)
     return run_flower(scenario, out, progress, wire_log)
 

@@ -118,3 +118,28 @@ def test_linear_decay_keeps_the_rate_for_the_first_half_then_falls_to_zero():
     site = build_site(tiny_scenario(training={"lr-schedule": "linear_decay", "rounds": 10}), 0)
     site.train_round(torch.zeros(4, 1, 28, 28), None, round_index=8)
     assert site.optimizer.param_groups[0]["lr"] == pytest.approx(site.options.lr * 0.6)
+
+
+def test_state_bytes_hold_cpu_tensors_only_and_load_onto_the_sites_device():
+    # The GPU path: a state serialised by a site on any device loads on the CPU first (the RNG is a CPU generator).
+    import io
+
+    site = build_site(tiny_scenario(), 0)
+    site.train_round(torch.rand(16, 1, 28, 28) * 2 - 1, None)
+    state = torch.load(io.BytesIO(site.state_bytes()), map_location=None, weights_only=True)
+
+    def devices(value):
+        if isinstance(value, torch.Tensor):
+            yield value.device.type
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from devices(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from devices(item)
+
+    assert set(devices(state)) == {"cpu"}
+    copy = build_site(tiny_scenario(), 0)
+    copy.load_state_bytes(site.state_bytes())
+    assert copy.rng.get_state().device.type == "cpu"
+    assert next(copy.discriminator.parameters()).device == copy.device

@@ -1,0 +1,227 @@
+"""A site group: many sites' discriminators as one batched computation (`torch.func.vmap` over stacked weights).
+
+The per-site `fedgan.site.Site` is the reference; a group gives the same numbers (tests/test_site_group.py states
+the tolerance). What is batched, per D step of a round: every active site's forward on its own real batch and on the
+shared synthetic batch, the loss (with R1), one backward for all sites, and Adam on the stacked tensors; then the
+logits and per-sample input gradients of every site in one more batched forward/backward. Adam is elementwise, so
+one update over stacked tensors is still per-site Adam — but each site keeps its own step count (bias correction),
+so sites whose counts diverge (unlearning stages, a site without real data) stay exact.
+
+What stays per site: the shard, its sampling and its random stream (`Site.shard`, `Site.rng`: index draws only),
+and the rare work of forget requests — an unlearning stage, a state copy for a snapshot or checkpoint — which runs
+on the site's own `Site` object after its slice of the stacked state has been written into it (`materialise`) and
+is read back afterwards (`absorb`). Between those, a member `Site`'s own discriminator and optimizer are stale:
+the stacked tensors are the truth.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from fedgan.schedule import learning_rate_factor
+from fedgan.site import Site, SiteReply
+from fedgan.site_unlearning import UnlearnStageOptions
+
+
+class SiteGroup:
+    """K sites of one scenario (same model and options) trained as one stacked computation."""
+
+    def __init__(self, sites: list[Site]) -> None:
+        if not sites:
+            raise ValueError("a site group needs at least one site")
+        self.sites = sites
+        self.site_ids = [site.site_id for site in sites]
+        first = sites[0]
+        self.options = first.options
+        self.device = first.device
+        self.conditional = first.conditional
+        # A weightless copy of the architecture: functional_call runs it with each site's stacked slice.
+        self._skeleton = copy.deepcopy(first.discriminator).to("meta")
+        self._names = [name for name, _ in first.discriminator.named_parameters()]
+        self.params = {name: torch.stack([dict(s.discriminator.named_parameters())[name].detach() for s in sites])
+                       for name in self._names}
+        self.exp_avg = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        self.adam_steps = torch.zeros(len(sites), dtype=torch.float64)  # per site: Adam's bias-correction clock
+        for index in range(len(sites)):
+            self.absorb(index)
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return functional_call(self._skeleton, params, (x, labels))
+
+    def _forward_each(self, params: dict[str, torch.Tensor], x: torch.Tensor, labels: torch.Tensor | None
+                      ) -> torch.Tensor:
+        """Every site's D on its own batch: x (K, B, C, H, W), labels (K, B) or None -> logits (K, B)."""
+        return vmap(self._forward, in_dims=(0, 0, None if labels is None else 0))(params, x, labels)
+
+    def _forward_shared(self, params: dict[str, torch.Tensor], x: torch.Tensor, labels: torch.Tensor | None
+                        ) -> torch.Tensor:
+        """Every site's D on one batch: x (B, C, H, W), labels (B,) or None -> logits (K, B)."""
+        return vmap(self._forward, in_dims=(0, None, None))(params, x, labels)
+
+    # ---- one UA round, every site's half at once ----
+    def train_round(self, fake: torch.Tensor, labels: torch.Tensor | None, round_index: int | None = None
+                    ) -> dict[int, SiteReply]:
+        """Every site's D step(s) on its real stream vs `fake`, then its logits and ∂logit/∂fake (by site id)."""
+        fake = fake.to(self.device, torch.float32)
+        labels = labels.to(self.device) if (labels is not None and self.conditional) else None
+        active = torch.tensor([site.shard.has_real for site in self.sites])
+        stats = torch.zeros(len(self.sites), 3)
+        lr = self.options.lr * learning_rate_factor(self.options.lr_schedule, round_index, self.options.total_rounds)
+        for _ in range(self.options.d_steps if bool(active.any()) else 0):
+            stats = torch.where(active[:, None], self._discriminator_step(fake, labels, active, lr), stats)
+        logits, input_grads = self._logits_and_input_grads(fake, labels)
+        return {site_id: SiteReply(logits[k].cpu(), input_grads[k].cpu(), *map(float, stats[k]))
+                for k, site_id in enumerate(self.site_ids)}
+
+    def _real_batches(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each site's real batch from its own stream, stacked (K, B, C, H, W); an inactive site repeats another's
+        (its loss is masked out and it takes no step)."""
+        batch = self.options.batch_size
+        drawn = {k: site.sample_real(batch) for k, site in enumerate(self.sites) if active[k]}
+        filler = next(iter(drawn.values()))
+        pairs = [drawn.get(k, filler) for k in range(len(self.sites))]
+        images = torch.stack([p[0] for p in pairs])
+        labels = torch.stack([p[1] for p in pairs]) if self.conditional else None
+        return images, labels
+
+    def _discriminator_step(self, fake: torch.Tensor, fake_labels: torch.Tensor | None, active: torch.Tensor,
+                            lr: float) -> torch.Tensor:
+        # ---------------- update every D: BCE(D(real), 1) + BCE(D(x̂), 0) [+ γ/2·‖∇_x ℓ(real)‖²] ----------------
+        real, real_labels = self._real_batches(active)
+        params = {name: p.detach().requires_grad_(True) for name, p in self.params.items()}
+        use_r1 = self.options.r1_gamma > 0
+        real.requires_grad_(use_r1)
+        real_logits = self._forward_each(params, real, real_labels)  # (K, B)
+        fake_logits = self._forward_shared(params, fake, fake_labels)  # (K, B)
+        loss = F.softplus(-real_logits).mean(1) + F.softplus(fake_logits).mean(1)  # (K,)
+        if use_r1:
+            target = real_logits if self.options.r1_target == "logit" else torch.sigmoid(real_logits)
+            (grad_real,) = torch.autograd.grad(target.sum(), real, create_graph=True)
+            loss = loss + 0.5 * self.options.r1_gamma * grad_real.pow(2).flatten(2).sum(2).mean(1)
+        # Sites are independent, so the gradient of the summed loss is every site's own gradient.
+        grads = torch.autograd.grad((loss * active.to(loss.dtype).to(loss.device)).sum(), list(params.values()))
+        self._adam_step(dict(zip(params, grads)), active, lr)
+        for k, site in enumerate(self.sites):
+            site.steps += int(active[k])
+        with torch.no_grad():
+            return torch.stack([loss, torch.sigmoid(real_logits).mean(1), torch.sigmoid(fake_logits).mean(1)], 1).cpu()
+
+    @torch.no_grad()
+    def _adam_step(self, grads: dict[str, torch.Tensor], active: torch.Tensor, lr: float) -> None:
+        """torch.optim.Adam's update (its default formulas), per site, on the stacked tensors; inactive sites keep
+        their weights, moments and step count."""
+        beta1, beta2 = self.options.betas
+        eps = 1e-8
+        self.adam_steps += active.to(torch.float64)
+        steps = self.adam_steps.tolist()
+        step_size = torch.tensor([lr / (1 - beta1 ** t) if t > 0 else 0.0 for t in steps], dtype=torch.float32)
+        correction2_sqrt = torch.tensor([(1 - beta2 ** t) ** 0.5 if t > 0 else 1.0 for t in steps],
+                                        dtype=torch.float32)
+        mask = active.to(self.device)
+        for name, grad in grads.items():
+            shape = (-1,) + (1,) * (grad.dim() - 1)
+            keep = mask.view(shape)
+            exp_avg = torch.where(keep, self.exp_avg[name].lerp(grad, 1 - beta1), self.exp_avg[name])
+            exp_avg_sq = torch.where(keep, self.exp_avg_sq[name] * beta2 + (1 - beta2) * grad * grad,
+                                     self.exp_avg_sq[name])
+            denom = exp_avg_sq.sqrt() / correction2_sqrt.to(self.device).view(shape) + eps
+            update = exp_avg / denom * step_size.to(self.device).view(shape)
+            self.params[name] = torch.where(keep, self.params[name] - update, self.params[name])
+            self.exp_avg[name], self.exp_avg_sq[name] = exp_avg, exp_avg_sq
+
+    def _logits_and_input_grads(self, fake: torch.Tensor, labels: torch.Tensor | None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        # D has no batch norm: sample b's logit depends on x̂[b] only, so the gradient of the summed logits with
+        # respect to each site's copy of the batch is that site's per-sample input gradients.
+        x = fake.detach().expand(len(self.sites), *fake.shape).clone().requires_grad_(True)
+        labels_each = labels.expand(len(self.sites), *labels.shape) if labels is not None else None
+        params = {name: p.detach() for name, p in self.params.items()}
+        logits = self._forward_each(params, x, labels_each)  # (K, B)
+        (input_grads,) = torch.autograd.grad(logits.sum(), x)  # (K, B, C, H, W)
+        return logits.detach(), input_grads
+
+    # ---- one site at a time: measurement, unlearning stages, state ----
+    @torch.no_grad()
+    def discriminator_logits(self, index: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Site `index`'s D logits on candidate images (a measurement: nothing changes)."""
+        labels = labels.to(self.device) if (labels is not None and self.conditional) else None
+        params = {name: p[index] for name, p in self.params.items()}
+        return self._forward(params, images.to(self.device), labels).cpu()
+
+    def unlearn_stage(self, index: int, fake: torch.Tensor, fake_labels: torch.Tensor | None,
+                      forget_ids: np.ndarray, options: UnlearnStageOptions) -> dict[str, float]:
+        """One unlearning stage at site `index`, run on its own `Site` (forget requests are rare and per site)."""
+        site = self.materialise(index)
+        stats = site.unlearn_stage(fake, fake_labels, forget_ids, options)
+        self.absorb(index)
+        return stats
+
+    def state_dict_of(self, index: int) -> dict[str, Any]:
+        """Site `index`'s state in `Site.state_dict` form (snapshots and checkpoints share one format)."""
+        return self.materialise(index).state_dict()
+
+    def load_state_dict_of(self, index: int, state: dict[str, Any]) -> None:
+        """Restore site `index` from a `Site.state_dict`."""
+        self.sites[index].load_state_dict(state)
+        self.absorb(index)
+
+    def materialise(self, index: int) -> Site:
+        """Write site `index`'s slice of the stacked state into its `Site` (weights, Adam moments and step)."""
+        site = self.sites[index]
+        with torch.no_grad():
+            for name, parameter in site.discriminator.named_parameters():
+                parameter.copy_(self.params[name][index])
+        steps = float(self.adam_steps[index])
+        site.optimizer.state.clear()
+        if steps > 0:
+            for name, parameter in site.discriminator.named_parameters():
+                site.optimizer.state[parameter] = {
+                    "step": torch.tensor(steps, dtype=torch.float32),
+                    "exp_avg": self.exp_avg[name][index].clone(),
+                    "exp_avg_sq": self.exp_avg_sq[name][index].clone(),
+                }
+        return site
+
+    def absorb(self, index: int) -> None:
+        """Read site `index`'s `Site` (weights, Adam moments and step) back into the stacked state."""
+        site = self.sites[index]
+        with torch.no_grad():
+            for name, parameter in site.discriminator.named_parameters():
+                self.params[name][index] = parameter.detach()
+                state = site.optimizer.state.get(parameter, {})
+                self.exp_avg[name][index] = state.get("exp_avg", torch.zeros_like(parameter))
+                self.exp_avg_sq[name][index] = state.get("exp_avg_sq", torch.zeros_like(parameter))
+            first = next(site.discriminator.parameters())
+            self.adam_steps[index] = float(site.optimizer.state.get(first, {}).get("step", 0.0))
+
+    # ---- the whole group's state at once (snapshots of a forget batch) ----
+    def group_state(self) -> dict[str, Any]:
+        """A copy of everything the group holds: stacked weights and moments, step counts, each site's RNG and ids."""
+        return {
+            "params": {n: p.clone() for n, p in self.params.items()},
+            "exp_avg": {n: p.clone() for n, p in self.exp_avg.items()},
+            "exp_avg_sq": {n: p.clone() for n, p in self.exp_avg_sq.items()},
+            "adam_steps": self.adam_steps.clone(),
+            "sites": [{"rng": site.rng.get_state(), "steps": site.steps, "forgotten": set(site.shard.forgotten),
+                       "excluded": set(site.shard.excluded)} for site in self.sites],
+        }
+
+    def load_group_state(self, state: dict[str, Any]) -> None:
+        """Return to what `group_state` returned."""
+        self.params = {n: p.clone() for n, p in state["params"].items()}
+        self.exp_avg = {n: p.clone() for n, p in state["exp_avg"].items()}
+        self.exp_avg_sq = {n: p.clone() for n, p in state["exp_avg_sq"].items()}
+        self.adam_steps = state["adam_steps"].clone()
+        for site, saved in zip(self.sites, state["sites"]):
+            site.rng.set_state(saved["rng"])
+            site.steps = saved["steps"]
+            site.shard.restore_ids(saved["forgotten"], saved["excluded"])
