@@ -1,8 +1,10 @@
-"""Flower ClientApp for one site: translates messages into calls on `fedgan.site.Site`, nothing more.
+"""Flower ClientApp for one node: translates messages into calls on the node's sites, nothing more.
 
-A ClientApp is re-created for every message (docs/engines.md), so the site's lasting state — D's weights, its Adam
-state, its batch RNG — lives in `context.state` as bytes and is restored before each step. The shard is rebuilt
-from the scenario and the node's ``partition-id`` and cached per worker process, never sent anywhere.
+A node hosts `sites.per-node` consecutive sites (one by default), as a `fedgan.site_group.SiteGroup`: a group of one
+runs the per-site `Site` code itself, a larger group trains its sites as one batched computation. A ClientApp is
+re-created for every message (docs/engines.md), so the node's lasting state — its sites' D weights, Adam states,
+batch RNGs and forgotten ids — lives in `context.state` as bytes and is restored before each step. The shards are
+rebuilt from the scenario and the node's ``partition-id`` and cached per worker process, never sent anywhere.
 """
 from __future__ import annotations
 
@@ -18,28 +20,30 @@ from flwr.clientapp import ClientApp
 from fedgan import protocol as P
 from fedgan.engine import build_site, resolve_device
 from fedgan.scenario import scenario_from_dict
-from fedgan.site import Site
+from fedgan.site_group import SiteGroup
 from fedgan.site_unlearning import UnlearnStageOptions
 
 app = ClientApp()
 
-# Sites built in this worker process, keyed by (scenario JSON, site id). A cache only: the state in the
-# Context is loaded into the site before every step, so a cached object never carries stale weights.
-_SITES: OrderedDict[tuple[str, int], Site] = OrderedDict()
-_MAX_CACHED_SITES = 64
+# Groups built in this worker process, keyed by (scenario JSON, partition id). A cache only: the state in the
+# Context is loaded into the group before every step, so a cached object never carries stale weights.
+_GROUPS: OrderedDict[tuple[str, int], SiteGroup] = OrderedDict()
+_MAX_CACHED_GROUPS = 64
 
 
-def _site_for(scenario_json: str, site_id: int, fresh: bool = False) -> Site:
-    key = (scenario_json, site_id)
-    if key in _SITES and not fresh:
-        _SITES.move_to_end(key)
-        return _SITES[key]
+def _group_for(scenario_json: str, partition_id: int, fresh: bool = False) -> SiteGroup:
+    key = (scenario_json, partition_id)
+    if key in _GROUPS and not fresh:
+        _GROUPS.move_to_end(key)
+        return _GROUPS[key]
     scenario = scenario_from_dict(json.loads(scenario_json))
-    site = build_site(scenario, site_id, resolve_device(scenario.engine.device))
-    _SITES[key] = site
-    while len(_SITES) > _MAX_CACHED_SITES:
-        _SITES.popitem(last=False)
-    return site
+    sites = P.node_sites(partition_id, scenario.sites.per_node, scenario.sites.count)
+    device = resolve_device(scenario.engine.device)
+    group = SiteGroup([build_site(scenario, site_id, device) for site_id in sites])
+    _GROUPS[key] = group
+    while len(_GROUPS) > _MAX_CACHED_GROUPS:
+        _GROUPS.popitem(last=False)
+    return group
 
 
 def _partition_id(context: Context) -> int:
@@ -48,73 +52,83 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-@app.train(P.action(P.SETUP))
-def setup(msg: Message, context: Context) -> Message:
-    """Join the run: build this site from the scenario, keep its state, report its class counts."""
-    config = msg.content[P.CONFIG]
-    scenario_json = str(config[P.SCENARIO_JSON])
-    site_id = _partition_id(context)
-    site = _site_for(scenario_json, site_id, fresh=True)  # round-0 state, whatever this worker ran before
-    forgotten = json.loads(str(config[P.FORGOTTEN_JSON])) if P.FORGOTTEN_JSON in config else {}
-    if str(site_id) in forgotten:  # a fresh federation without these items (the retrain baseline)
-        site.shard.forget(np.asarray(forgotten[str(site_id)], dtype=np.int64))
-    context.state[P.STATE_CONFIG] = ConfigRecord({P.SCENARIO_JSON: scenario_json, P.SITE_ID: site_id})
-    context.state[P.STATE_SITE] = ConfigRecord({P.STATE_BYTES: site.state_bytes()})
-    content = RecordDict({
-        P.CONFIG: ConfigRecord({P.SITE_ID: site_id}),
-        P.ARRAYS: ArrayRecord({P.CLASS_COUNTS: Array(site.shard.class_counts())}),
-    })
-    return Message(content, reply_to=msg)
-
-
-@app.train(P.action(P.TRAIN_ROUND))
-def train_round(msg: Message, context: Context) -> Message:
-    """One round at this site: D step(s) on real vs the received batch; reply with logits and input gradients."""
-    site = _load_site(context)
-    arrays = msg.content[P.ARRAYS]
-    fake = torch.from_numpy(np.array(arrays[P.FAKE].numpy()))
-    labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
-    round_index = msg.content[P.CONFIG][P.ROUND] if P.CONFIG in msg.content else None
-    reply = site.train_round(fake, labels, int(round_index) if round_index is not None else None)
-    _save_site(context, site)
-    content = RecordDict({
-        P.ARRAYS: ArrayRecord({
-            P.LOGITS: Array(reply.logits.numpy()),
-            P.INPUT_GRADS: Array(reply.input_grads.numpy()),
-        }),
-        P.METRICS: MetricRecord({P.D_LOSS: reply.d_loss, P.D_REAL: reply.d_real, P.D_FAKE: reply.d_fake}),
-    })
-    return Message(content, reply_to=msg)
-
-
-# ---- forget requests: the site-side stages and bookkeeping (fedgan.site does the work) ----
-
-
-def _load_site(context: Context) -> Site:
+def _load_group(context: Context) -> SiteGroup:
     config = context.state[P.STATE_CONFIG]
-    site = _site_for(str(config[P.SCENARIO_JSON]), int(config[P.SITE_ID]))
-    site.load_state_bytes(bytes(context.state[P.STATE_SITE][P.STATE_BYTES]))
-    return site
+    group = _group_for(str(config[P.SCENARIO_JSON]), int(config[P.PARTITION_ID]))
+    group.load_group_state_bytes(bytes(context.state[P.STATE_SITES][P.STATE_BYTES]))
+    return group
 
 
-def _save_site(context: Context, site: Site) -> None:
-    context.state[P.STATE_SITE] = ConfigRecord({P.STATE_BYTES: site.state_bytes()})
+def _save_group(context: Context, group: SiteGroup) -> None:
+    context.state[P.STATE_SITES] = ConfigRecord({P.STATE_BYTES: group.group_state_bytes()})
 
 
-def _ids(arrays: ArrayRecord, key: str) -> np.ndarray:
-    return np.array(arrays[key].numpy(), dtype=np.int64)
+def _array(arrays: ArrayRecord, key: str, dtype=None) -> np.ndarray:
+    return np.array(arrays[key].numpy(), dtype=dtype)
+
+
+def _tensor(arrays: ArrayRecord, key: str) -> torch.Tensor | None:
+    return torch.from_numpy(_array(arrays, key)) if key in arrays else None
 
 
 def _empty_reply(msg: Message) -> Message:
     return Message(RecordDict({P.METRICS: MetricRecord({})}), reply_to=msg)
 
 
+def _site_ids(group: SiteGroup) -> Array:
+    return Array(np.asarray(group.site_ids, dtype=np.int64))
+
+
+@app.train(P.action(P.SETUP))
+def setup(msg: Message, context: Context) -> Message:
+    """Join the run: build this node's sites from the scenario, keep their state, report their class counts."""
+    config = msg.content[P.CONFIG]
+    scenario_json = str(config[P.SCENARIO_JSON])
+    partition_id = _partition_id(context)
+    scenario = scenario_from_dict(json.loads(scenario_json))
+    if not P.node_sites(partition_id, scenario.sites.per_node, scenario.sites.count):  # a node beyond the sites
+        empty = ArrayRecord({P.SITE_IDS: Array(np.zeros(0, np.int64)), P.CLASS_COUNTS: Array(np.zeros((0, 0)))})
+        return Message(RecordDict({P.ARRAYS: empty}), reply_to=msg)
+    group = _group_for(scenario_json, partition_id, fresh=True)  # round-0 state, whatever this worker ran before
+    forgotten = json.loads(str(config[P.FORGOTTEN_JSON])) if P.FORGOTTEN_JSON in config else {}
+    for site in group.sites:  # a fresh federation without these items (the retrain baseline)
+        if str(site.site_id) in forgotten:
+            site.shard.forget(np.asarray(forgotten[str(site.site_id)], dtype=np.int64))
+    context.state[P.STATE_CONFIG] = ConfigRecord({P.SCENARIO_JSON: scenario_json, P.PARTITION_ID: partition_id})
+    _save_group(context, group)
+    counts = np.stack([site.shard.class_counts() for site in group.sites])
+    content = RecordDict({P.ARRAYS: ArrayRecord({P.SITE_IDS: _site_ids(group), P.CLASS_COUNTS: Array(counts)})})
+    return Message(content, reply_to=msg)
+
+
+@app.train(P.action(P.TRAIN_ROUND))
+def train_round(msg: Message, context: Context) -> Message:
+    """One round at this node's sites: D step(s) on real vs the received batch; logits and input gradients back."""
+    group = _load_group(context)
+    arrays = msg.content[P.ARRAYS]
+    round_index = msg.content[P.CONFIG][P.ROUND] if P.CONFIG in msg.content else None
+    replies = group.train_round(_tensor(arrays, P.FAKE), _tensor(arrays, P.LABELS),
+                                int(round_index) if round_index is not None else None)
+    _save_group(context, group)
+    ordered = [replies[site_id] for site_id in group.site_ids]
+    content = RecordDict({P.ARRAYS: ArrayRecord({
+        P.SITE_IDS: _site_ids(group),
+        P.LOGITS: Array(torch.stack([r.logits for r in ordered]).numpy()),
+        P.INPUT_GRADS: Array(torch.stack([r.input_grads for r in ordered]).numpy()),
+        P.D_STATS: Array(np.asarray([[r.d_loss, r.d_real, r.d_fake] for r in ordered], dtype=np.float32)),
+    })})
+    return Message(content, reply_to=msg)
+
+
+# ---- forget requests: the site-side stages and bookkeeping (fedgan does the work) ----
+
+
 @app.train(P.action(P.SNAPSHOT))
 def snapshot(msg: Message, context: Context) -> Message:
-    """Keep a copy of this site's state under a tag (at the site)."""
+    """Keep a copy of this node's state under a tag (at the node)."""
     tag = str(msg.content[P.CONFIG][P.TAG])
     context.state[P.STATE_SNAPSHOT_PREFIX + tag] = ConfigRecord(
-        {P.STATE_BYTES: bytes(context.state[P.STATE_SITE][P.STATE_BYTES])})
+        {P.STATE_BYTES: bytes(context.state[P.STATE_SITES][P.STATE_BYTES])})
     return _empty_reply(msg)
 
 
@@ -122,7 +136,7 @@ def snapshot(msg: Message, context: Context) -> Message:
 def restore(msg: Message, context: Context) -> Message:
     """Return to the state kept under a tag."""
     tag = str(msg.content[P.CONFIG][P.TAG])
-    context.state[P.STATE_SITE] = ConfigRecord(
+    context.state[P.STATE_SITES] = ConfigRecord(
         {P.STATE_BYTES: bytes(context.state[P.STATE_SNAPSHOT_PREFIX + tag][P.STATE_BYTES])})
     return _empty_reply(msg)
 
@@ -136,45 +150,52 @@ def discard(msg: Message, context: Context) -> Message:
     return _empty_reply(msg)
 
 
-def _apply_to_ids(msg: Message, context: Context, action: Callable[[Site, np.ndarray], None]) -> Message:
-    """Load the site, apply `action` to the item ids in the message, keep the new state."""
-    site = _load_site(context)
-    action(site, _ids(msg.content[P.ARRAYS], P.IDS))
-    _save_site(context, site)
+def _apply_to_ids(msg: Message, context: Context, action: Callable[[object, np.ndarray], None]) -> Message:
+    """Load the node, apply `action` to each named site's item ids in the message, keep the new state."""
+    group = _load_group(context)
+    arrays = msg.content[P.ARRAYS]
+    ids, sites = _array(arrays, P.IDS, np.int64), _array(arrays, P.ID_SITES, np.int64)
+    for site in group.sites:
+        if np.any(sites == site.site_id):
+            action(site.shard, ids[sites == site.site_id])
+    _save_group(context, group)
     return _empty_reply(msg)
 
 
 @app.train(P.action(P.EXCLUDE))
 def exclude(msg: Message, context: Context) -> Message:
-    """Keep the named items out of the real stream (substituted by retained items)."""
-    return _apply_to_ids(msg, context, lambda site, ids: site.shard.exclude(ids))
+    """Keep the named items out of their sites' real streams (substituted by retained items)."""
+    return _apply_to_ids(msg, context, lambda shard, ids: shard.exclude(ids))
 
 
 @app.train(P.action(P.FORGET))
 def forget(msg: Message, context: Context) -> Message:
-    """Delete the named items from this site's shard for good."""
-    return _apply_to_ids(msg, context, lambda site, ids: site.shard.forget(ids))
+    """Delete the named items from their sites' shards for good."""
+    return _apply_to_ids(msg, context, lambda shard, ids: shard.forget(ids))
 
 
 @app.train(P.action(P.UNLEARN))
 def unlearn(msg: Message, context: Context) -> Message:
-    """One site-side unlearning stage; reply with its statistics."""
-    site = _load_site(context)
+    """One site-side unlearning stage at each named site of this node; reply with the statistics per site."""
+    group = _load_group(context)
     arrays = msg.content[P.ARRAYS]
-    fake = torch.from_numpy(np.array(arrays[P.FAKE].numpy()))
-    labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
+    fake, labels = _tensor(arrays, P.FAKE), _tensor(arrays, P.LABELS)
+    ids, sites = _array(arrays, P.FORGET_IDS, np.int64), _array(arrays, P.FORGET_SITES, np.int64)
     options = UnlearnStageOptions(**json.loads(str(msg.content[P.CONFIG][P.STAGE_JSON])))
-    stats = site.unlearn_stage(fake, labels, _ids(arrays, P.FORGET_IDS), options)
-    _save_site(context, site)
+    stats: dict[str, float] = {}
+    for index, site_id in enumerate(group.site_ids):
+        if np.any(sites == site_id):
+            for key, value in group.unlearn_stage(index, fake, labels, ids[sites == site_id], options).items():
+                stats[f"{site_id}/{key}"] = value
+    _save_group(context, group)
     return Message(RecordDict({P.METRICS: MetricRecord(stats)}), reply_to=msg)
 
 
 @app.query(P.action(P.QUERY_LOGITS))
 def query_logits(msg: Message, context: Context) -> Message:
-    """D's logits on the images sent (the simulator's membership-inference measurement; never training)."""
-    site = _load_site(context)
+    """A site's D logits on the images sent (the simulator's membership-inference measurement; never training)."""
+    group = _load_group(context)
     arrays = msg.content[P.ARRAYS]
-    images = torch.from_numpy(np.array(arrays[P.IMAGES].numpy()))
-    labels = torch.from_numpy(np.array(arrays[P.LABELS].numpy())) if P.LABELS in arrays else None
-    logits = site.discriminator_logits(images, labels)
+    index = group.site_ids.index(int(msg.content[P.CONFIG][P.SITE]))
+    logits = group.discriminator_logits(index, _tensor(arrays, P.IMAGES), _tensor(arrays, P.LABELS))
     return Message(RecordDict({P.ARRAYS: ArrayRecord({P.LOGITS: Array(logits.numpy())})}), reply_to=msg)

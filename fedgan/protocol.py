@@ -36,28 +36,43 @@ CONFIG = "config"  # ConfigRecord
 ARRAYS = "arrays"  # ArrayRecord
 METRICS = "metrics"  # MetricRecord
 
-# Keys.
+# Keys. A node hosts one or more sites (`sites.per-node`); arrays about several sites carry a leading site axis in
+# the order of SITE_IDS.
 SCENARIO_JSON = "scenario"
-SITE_ID = "site-id"
+PARTITION_ID = "partition-id"
 ROUND = "round"
-CLASS_COUNTS = "class-counts"
+SITE_IDS = "site-ids"  # (n,) int64: the node's sites, in the order of every per-site array of the message
+CLASS_COUNTS = "class-counts"  # (n, C) int64
 FAKE = "fake"
 LABELS = "labels"
-LOGITS = "logits"
-INPUT_GRADS = "input-grads"
-D_LOSS, D_REAL, D_FAKE = "d-loss", "d-real", "d-fake"
-FORGOTTEN_JSON = "forgotten"  # SETUP: {site id: [ids]} items a fresh site starts without (retrain from scratch)
+LOGITS = "logits"  # (n, B) float32
+INPUT_GRADS = "input-grads"  # (n, B, C, H, W) float32
+D_STATS = "d-stats"  # (n, 3) float32: D's loss, mean D(real), mean D(x̂) on its last local step
+FORGOTTEN_JSON = "forgotten"  # SETUP: {site id: [ids]} items the node's fresh sites start without (a retrain)
 TAG = "tag"
-IDS = "ids"
+IDS = "ids"  # (N,) int64 global item ids
+ID_SITES = "id-sites"  # (N,) int64: the site each id of IDS belongs to
 FORGET_IDS = "forget-ids"
+FORGET_SITES = "forget-sites"
 IMAGES = "images"
 STAGE_JSON = "stage"
+SITE = "site"
 
-# Keys a site keeps in its Flower Context.state between messages (never sent to the server).
+# Keys a node keeps in its Flower Context.state between messages (never sent to the server).
 STATE_CONFIG = "fedgan.config"
-STATE_SITE = "fedgan.site"
+STATE_SITES = "fedgan.sites"
 STATE_BYTES = "state"
 STATE_SNAPSHOT_PREFIX = "fedgan.snapshot."
 
 DOWN_ARRAY_KEYS = frozenset({FAKE, LABELS})
-UP_ARRAY_KEYS = frozenset({LOGITS, INPUT_GRADS, CLASS_COUNTS})
+UP_ARRAY_KEYS = frozenset({SITE_IDS, LOGITS, INPUT_GRADS, D_STATS, CLASS_COUNTS})
+
+
+def node_sites(partition_id: int, per_node: int, num_sites: int) -> list[int]:
+    """The sites node `partition_id` hosts: `per_node` consecutive site ids (the last node may hold fewer)."""
+    return list(range(partition_id * per_node, min((partition_id + 1) * per_node, num_sites)))
+
+
+def num_nodes(per_node: int, num_sites: int) -> int:
+    """How many nodes (Flower SuperNodes) a federation of `num_sites` sites needs at `per_node` sites each."""
+    return -(-num_sites // per_node)

@@ -16,6 +16,7 @@ the stacked tensors are the truth.
 from __future__ import annotations
 
 import copy
+import io
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from fedgan.schedule import learning_rate_factor
-from fedgan.site import Site, SiteReply
+from fedgan.site import Site, SiteReply, to_cpu
 from fedgan.site_unlearning import UnlearnStageOptions
 
 
@@ -71,6 +72,11 @@ class SiteGroup:
     def train_round(self, fake: torch.Tensor, labels: torch.Tensor | None, round_index: int | None = None
                     ) -> dict[int, SiteReply]:
         """Every site's D step(s) on its real stream vs `fake`, then its logits and ∂logit/∂fake (by site id)."""
+        if len(self.sites) == 1:  # a group of one runs the per-site code itself: exactly the `Site` numbers
+            site = self.materialise(0)
+            reply = site.train_round(fake, labels, round_index)
+            self.absorb(0)
+            return {site.site_id: reply}
         fake = fake.to(self.device, torch.float32)
         labels = labels.to(self.device) if (labels is not None and self.conditional) else None
         active = torch.tensor([site.shard.has_real for site in self.sites])
@@ -225,3 +231,23 @@ class SiteGroup:
             site.rng.set_state(saved["rng"])
             site.steps = saved["steps"]
             site.shard.restore_ids(saved["forgotten"], saved["excluded"])
+
+    def group_state_bytes(self) -> bytes:
+        """`group_state` serialised with torch.save, every tensor on the CPU (loads with weights_only)."""
+        state = self.group_state()
+        for saved in state["sites"]:
+            saved["forgotten"] = torch.tensor(sorted(saved["forgotten"]), dtype=torch.int64)
+            saved["excluded"] = torch.tensor(sorted(saved["excluded"]), dtype=torch.int64)
+        buffer = io.BytesIO()
+        torch.save(to_cpu(state), buffer)
+        return buffer.getvalue()
+
+    def load_group_state_bytes(self, data: bytes) -> None:
+        """Inverse of `group_state_bytes`: loaded on the CPU, then moved to the group's device."""
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        for key in ("params", "exp_avg", "exp_avg_sq"):
+            state[key] = {name: value.to(self.device) for name, value in state[key].items()}
+        for saved in state["sites"]:
+            saved["forgotten"] = {int(i) for i in saved["forgotten"].tolist()}
+            saved["excluded"] = {int(i) for i in saved["excluded"].tolist()}
+        self.load_group_state(state)

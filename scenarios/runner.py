@@ -17,6 +17,7 @@ from fedgan.engine import InProcessEngine
 from fedgan.errors import FedganError
 from fedgan.evaluation.plots import plot_mixture_shares
 from fedgan.experiment import ProgressFn, prepare, run_experiment
+from fedgan.protocol import num_nodes
 from fedgan.results import mixture_markdown
 from fedgan.scenario import Scenario
 from fedgan.storage import atomic_write_json, atomic_write_text
@@ -66,7 +67,7 @@ def run_inprocess(scenario: Scenario, out: Path, progress: ProgressFn | None, pr
 
 def run_flower(scenario: Scenario, out: Path, progress: ProgressFn | None,
                wire_log: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The real Flower apps on Flower's Ray simulation engine, one SuperNode per site."""
+    """The real Flower apps on Flower's Ray simulation engine, one SuperNode per `sites.per-node` sites."""
     os.environ.update(FLOWER_ENV)
     from flwr.simulation import run_simulation
 
@@ -79,7 +80,8 @@ def run_flower(scenario: Scenario, out: Path, progress: ProgressFn | None,
         "client_resources": {"num_cpus": scenario.engine.num_cpus, "num_gpus": scenario.engine.num_gpus},
         "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": True},
     }
-    run_simulation(server_app, client_app, num_supernodes=scenario.sites.count, backend_config=backend_config)
+    nodes = num_nodes(scenario.sites.per_node, scenario.sites.count)  # one SuperNode per site group
+    run_simulation(server_app, client_app, num_supernodes=nodes, backend_config=backend_config)
     if not result:
         raise RuntimeError("the Flower simulation ended without a result (see the log above)")
     return result

@@ -34,7 +34,7 @@ def record_bytes(records: Iterable[Any]) -> int:
 
 
 class FlowerEngine:
-    """Reaches the sites through a Flower `Grid`; one node per site, matched by the node's partition-id."""
+    """Reaches the sites through a Flower `Grid`: one node per `sites.per-node` sites, matched by partition-id."""
 
     name = "flower"
 
@@ -42,13 +42,14 @@ class FlowerEngine:
         self.grid = grid
         self.scenario = scenario
         self.node_of_site: dict[int, int] = {}
+        self.sites_of_node: dict[int, list[int]] = {}
         self.traffic = Traffic()
         self.wire_log = wire_log  # when a list is given, every message's keys/shapes are appended (tests)
 
     # ---- joining ----
     def _wait_for_nodes(self) -> list[int]:
-        """Poll until the federation has as many nodes as the scenario has sites (they register asynchronously)."""
-        wanted = self.scenario.sites.count
+        """Poll until the federation has as many nodes as the scenario needs (they register asynchronously)."""
+        wanted = P.num_nodes(self.scenario.sites.per_node, self.scenario.sites.count)
         deadline = time.monotonic() + NODE_WAIT_SECONDS
         while True:
             nodes = sorted(self.grid.get_node_ids())
@@ -56,82 +57,93 @@ class FlowerEngine:
                 return nodes
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"sites.count: the scenario needs {wanted} sites but only {len(nodes)} Flower nodes joined within "
+                    f"sites.count: the scenario needs {wanted} Flower nodes ({self.scenario.sites.count} sites, "
+                    f"{self.scenario.sites.per_node} per node) but only {len(nodes)} joined within "
                     f"{NODE_WAIT_SECONDS:.0f} s; start the federation with num-supernodes={wanted}"
                 )
             time.sleep(0.2)
 
     def open(self, forgotten: SiteIds | None = None) -> list[SiteInfo]:
-        nodes = self._wait_for_nodes()
-        config = {P.SCENARIO_JSON: self.scenario.to_json()}
-        if forgotten:
-            config[P.FORGOTTEN_JSON] = json.dumps({str(s): np.asarray(ids).tolist() for s, ids in forgotten.items()})
-        self.node_of_site = {}
-        messages = [
-            Message(RecordDict({P.CONFIG: ConfigRecord(dict(config))}),
-                    dst_node_id=node, message_type=P.SETUP, group_id="setup")
-            for node in nodes
-        ]
+        if not self.node_of_site:  # the first open: every node learns which sites its partition id hosts
+            messages = [self._setup_message(node, None) for node in self._wait_for_nodes()]
+        else:  # again (a retrain): each known node gets only its own sites' forgotten ids
+            messages = [self._setup_message(node, forgotten) for node in sorted(self.sites_of_node)]
+            forgotten = None
         infos: dict[int, SiteInfo] = {}
+        node_of_site: dict[int, int] = {}
         for reply in self.grid.send_and_receive(messages, timeout=self.scenario.engine.round_timeout):
             if reply.has_error():
                 raise RuntimeError(f"a site failed to start: {reply.error.reason}")
-            site_id = int(reply.content[P.CONFIG][P.SITE_ID])
-            if site_id in infos or not 0 <= site_id < self.scenario.sites.count:
+            arrays = reply.content[P.ARRAYS]
+            site_ids = np.array(arrays[P.SITE_IDS].numpy()).tolist()
+            counts = np.array(arrays[P.CLASS_COUNTS].numpy())
+            if any(site in infos or not 0 <= site < self.scenario.sites.count for site in site_ids):
                 continue  # an extra node beyond the scenario's sites, or a duplicate partition id: unused
-            counts = np.array(reply.content[P.ARRAYS][P.CLASS_COUNTS].numpy())
-            infos[site_id] = SiteInfo(site_id, counts)
-            self.node_of_site[site_id] = reply.metadata.src_node_id
+            for site, row in zip(site_ids, counts):
+                infos[site] = SiteInfo(site, row)
+                node_of_site[site] = reply.metadata.src_node_id
         missing = sorted(set(range(self.scenario.sites.count)) - set(infos))
         if missing:
-            raise RuntimeError(f"no Flower node has partition-id {missing}: give each node one partition id")
+            raise RuntimeError(f"no Flower node hosts sites {missing[:10]}: give each node one partition id "
+                               f"(sites.per-node = {self.scenario.sites.per_node})")
+        self.node_of_site = node_of_site
+        self.sites_of_node = {}
+        for site, node in sorted(node_of_site.items()):
+            self.sites_of_node.setdefault(node, []).append(site)
+        if forgotten:  # the sites must start without these items: tell each node its own now that it is known
+            return self.open(forgotten)
         return [infos[j] for j in sorted(infos)]
+
+    def _setup_message(self, node: int, forgotten: SiteIds | None) -> Message:
+        config: dict[str, Any] = {P.SCENARIO_JSON: self.scenario.to_json()}
+        mine = {s: ids for s, ids in (forgotten or {}).items() if s in self.sites_of_node.get(node, ())}
+        if mine:  # only the node's own sites' ids: no node learns what another site forgot
+            config[P.FORGOTTEN_JSON] = json.dumps({str(s): np.asarray(ids).tolist() for s, ids in mine.items()})
+        return Message(RecordDict({P.CONFIG: ConfigRecord(config)}), dst_node_id=node, message_type=P.SETUP,
+                       group_id="setup")
 
     # ---- one round ----
     def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
         arrays = {P.FAKE: Array(fake.numpy())}
         if labels is not None:
             arrays[P.LABELS] = Array(labels.numpy())
-        site_of_node = {node: site for site, node in self.node_of_site.items()}
         messages = []
-        for site, node in sorted(self.node_of_site.items()):
+        for node in sorted(self.sites_of_node):
             content = RecordDict({P.ARRAYS: ArrayRecord(dict(arrays)), P.CONFIG: ConfigRecord({P.ROUND: round_index})})
             messages.append(Message(content, dst_node_id=node, message_type=P.TRAIN_ROUND,
                                     group_id=str(round_index)))
             self.traffic.bytes_down += record_bytes(content.values())
-            self._log("down", round_index, site, content)
+            self._log("down", round_index, self.sites_of_node[node], content)
         replies: dict[int, SiteReply] = {}
         for reply in self.grid.send_and_receive(messages, timeout=self.scenario.engine.round_timeout):
-            site = site_of_node[reply.metadata.src_node_id]
-            if reply.has_error():  # the site is dropped this round; the aggregation renormalises the weights
+            if reply.has_error():  # the node's sites are dropped this round; the aggregation renormalises
                 continue
             self.traffic.bytes_up += record_bytes(reply.content.values())
-            self._log("up", round_index, site, reply.content)
-            replies[site] = self._decode(reply.content)
-        return replies
+            decoded = self._decode(reply.content)
+            self._log("up", round_index, sorted(decoded), reply.content)
+            replies.update(decoded)
+        return dict(sorted(replies.items()))
 
     @staticmethod
-    def _decode(content: RecordDict) -> SiteReply:
-        arrays, metrics = content[P.ARRAYS], content[P.METRICS]
-        return SiteReply(
-            logits=torch.from_numpy(np.array(arrays[P.LOGITS].numpy())),
-            input_grads=torch.from_numpy(np.array(arrays[P.INPUT_GRADS].numpy())),
-            d_loss=float(metrics[P.D_LOSS]),
-            d_real=float(metrics[P.D_REAL]),
-            d_fake=float(metrics[P.D_FAKE]),
-        )
+    def _decode(content: RecordDict) -> dict[int, SiteReply]:
+        arrays = content[P.ARRAYS]
+        site_ids = np.array(arrays[P.SITE_IDS].numpy()).tolist()
+        logits = torch.from_numpy(np.array(arrays[P.LOGITS].numpy()))
+        input_grads = torch.from_numpy(np.array(arrays[P.INPUT_GRADS].numpy()))
+        stats = np.array(arrays[P.D_STATS].numpy(), dtype=np.float64)
+        return {site: SiteReply(logits[k], input_grads[k], *map(float, stats[k])) for k, site in enumerate(site_ids)}
 
-    def _log(self, direction: str, round_index: int, site: int, content: RecordDict) -> None:
+    def _log(self, direction: str, round_index: int, sites: list[int], content: RecordDict) -> None:
         if self.wire_log is None:
             return
-        entry: dict[str, Any] = {"direction": direction, "round": round_index, "site": site, "records": {},
+        entry: dict[str, Any] = {"direction": direction, "round": round_index, "sites": sites, "records": {},
                                  "image_row_hashes": []}
         for name, record in content.items():
             if isinstance(record, ArrayRecord):
                 entry["records"][name] = {k: list(v.shape) for k, v in record.items()}
                 for array in record.values():
-                    if len(array.shape) == 4:  # image-shaped payloads: fingerprint every row for the privacy test
-                        rows = np.array(array.numpy())
+                    if len(array.shape) >= 4:  # image-shaped payloads: fingerprint every image for the privacy test
+                        rows = np.array(array.numpy()).reshape(-1, *array.shape[-3:])
                         entry["image_row_hashes"] += [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
             else:
                 entry["records"][name] = sorted(record.keys())
@@ -139,42 +151,55 @@ class FlowerEngine:
 
     # ---- forget requests ----
     def _command(self, message_type: str, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
-        """Send one message per named site and return the replies; a failed site raises (bookkeeping must succeed)."""
-        site_of_node = {node: site for site, node in self.node_of_site.items()}
+        """Send one message per named node and return the replies by node; a failed node raises (bookkeeping must
+        succeed everywhere)."""
         messages = []
-        for site, content in sorted(contents.items()):
-            messages.append(Message(content, dst_node_id=self.node_of_site[site], message_type=message_type,
-                                    group_id=message_type))
+        for node, content in sorted(contents.items()):
+            messages.append(Message(content, dst_node_id=node, message_type=message_type, group_id=message_type))
             self.traffic.bytes_down += record_bytes(content.values())
         replies: dict[int, RecordDict] = {}
         for reply in self.grid.send_and_receive(messages, timeout=self.scenario.engine.round_timeout):
-            site = site_of_node[reply.metadata.src_node_id]
+            node = reply.metadata.src_node_id
             if reply.has_error():
-                raise RuntimeError(f"site {site} failed {message_type}: {reply.error.reason}")
+                raise RuntimeError(f"sites {self.sites_of_node[node]} failed {message_type}: {reply.error.reason}")
             self.traffic.bytes_up += record_bytes(reply.content.values())
-            replies[site] = reply.content
-        missing = sorted(set(contents) - set(replies))
+            replies[node] = reply.content
+        missing = sorted(s for node in set(contents) - set(replies) for s in self.sites_of_node[node])
         if missing:
             raise RuntimeError(f"sites {missing} did not answer {message_type} within engine.round-timeout")
         return replies
 
-    def _all_sites(self, message_type: str, config: dict[str, Any]) -> None:
-        self._command(message_type, {s: RecordDict({P.CONFIG: ConfigRecord(dict(config))}) for s in self.node_of_site})
+    def _all_nodes(self, message_type: str, config: dict[str, Any]) -> None:
+        self._command(message_type, {n: RecordDict({P.CONFIG: ConfigRecord(dict(config))}) for n in self.sites_of_node})
 
     def snapshot(self, tag: str) -> None:
-        self._all_sites(P.SNAPSHOT, {P.TAG: tag})
+        self._all_nodes(P.SNAPSHOT, {P.TAG: tag})
 
     def restore(self, tag: str) -> None:
-        self._all_sites(P.RESTORE, {P.TAG: tag})
+        self._all_nodes(P.RESTORE, {P.TAG: tag})
 
     def discard(self, tag: str) -> None:
-        self._all_sites(P.DISCARD, {P.TAG: tag})
+        self._all_nodes(P.DISCARD, {P.TAG: tag})
+
+    def _by_node(self, orders: dict[int, Any]) -> dict[int, dict[int, Any]]:
+        """Per-site orders grouped by the node that hosts each site."""
+        grouped: dict[int, dict[int, Any]] = {}
+        for site, order in sorted(orders.items()):
+            grouped.setdefault(self.node_of_site[site], {})[site] = order
+        return grouped
+
+    @staticmethod
+    def _ids_and_sites(orders: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        ids = [np.asarray(v, dtype=np.int64) for v in orders.values()]
+        sites = [np.full(len(v), site, dtype=np.int64) for site, v in zip(orders, ids)]
+        return np.concatenate(ids), np.concatenate(sites)
 
     def _ids_command(self, message_type: str, orders: SiteIds) -> None:
-        self._command(message_type, {
-            site: RecordDict({P.ARRAYS: ArrayRecord({P.IDS: Array(np.asarray(ids, dtype=np.int64))})})
-            for site, ids in orders.items()
-        })
+        contents = {}
+        for node, mine in self._by_node(orders).items():
+            ids, sites = self._ids_and_sites(mine)
+            contents[node] = RecordDict({P.ARRAYS: ArrayRecord({P.IDS: Array(ids), P.ID_SITES: Array(sites)})})
+        self._command(message_type, contents)
 
     def exclude(self, orders: SiteIds) -> None:
         self._ids_command(P.EXCLUDE, orders)
@@ -184,28 +209,36 @@ class FlowerEngine:
 
     def unlearn(self, orders: dict[int, StageOrder]) -> dict[int, dict[str, float]]:
         contents = {}
-        for site, order in orders.items():
-            arrays = {P.FAKE: Array(order.fake.numpy()), P.FORGET_IDS: Array(np.asarray(order.forget_ids, np.int64))}
-            if order.fake_labels is not None:
-                arrays[P.LABELS] = Array(order.fake_labels.numpy())
-            contents[site] = RecordDict({
+        for node, mine in self._by_node(orders).items():
+            first = next(iter(mine.values()))  # one stage: the same batch and options for every requesting site
+            ids, sites = self._ids_and_sites({site: order.forget_ids for site, order in mine.items()})
+            arrays = {P.FAKE: Array(first.fake.numpy()), P.FORGET_IDS: Array(ids), P.FORGET_SITES: Array(sites)}
+            if first.fake_labels is not None:
+                arrays[P.LABELS] = Array(first.fake_labels.numpy())
+            contents[node] = RecordDict({
                 P.ARRAYS: ArrayRecord(arrays),
-                P.CONFIG: ConfigRecord({P.STAGE_JSON: json.dumps(dataclasses.asdict(order.options))}),
+                P.CONFIG: ConfigRecord({P.STAGE_JSON: json.dumps(dataclasses.asdict(first.options))}),
             })
-        # One send for all requesting sites: their stages run concurrently on the simulation's workers.
-        replies = self._command(P.UNLEARN, contents)
-        return {site: {k: float(v) for k, v in content[P.METRICS].items()} for site, content in replies.items()}
+        # One send for all requesting nodes: their stages run concurrently on the simulation's workers.
+        stats: dict[int, dict[str, float]] = {}
+        for content in self._command(P.UNLEARN, contents).values():
+            for key, value in content[P.METRICS].items():
+                site, name = key.split("/", 1)
+                stats.setdefault(int(site), {})[name] = float(value)
+        return dict(sorted(stats.items()))
 
     def query_logits(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         arrays = {P.IMAGES: Array(images.numpy())}
         if labels is not None:
             arrays[P.LABELS] = Array(labels.numpy())
-        reply = self._command(P.QUERY_LOGITS, {site_id: RecordDict({P.ARRAYS: ArrayRecord(arrays)})})[site_id]
+        node = self.node_of_site[site_id]
+        content = RecordDict({P.ARRAYS: ArrayRecord(arrays), P.CONFIG: ConfigRecord({P.SITE: site_id})})
+        reply = self._command(P.QUERY_LOGITS, {node: content})[node]
         return torch.from_numpy(np.array(reply[P.ARRAYS][P.LOGITS].numpy()))
 
     def site_states(self) -> None:
-        """Site state lives in each site's Flower Context; the server cannot (and must not) read it."""
+        """Site state lives in each node's Flower Context; the server cannot (and must not) read it."""
         return None
 
     def close(self) -> None:
-        self.node_of_site = {}
+        self.node_of_site, self.sites_of_node = {}, {}

@@ -85,12 +85,49 @@ def test_messages_carry_no_weights_and_no_real_images(flower_and_inprocess):
         arrays = entry["records"][P.ARRAYS]
         allowed = P.DOWN_ARRAY_KEYS if entry["direction"] == "down" else P.UP_ARRAY_KEYS
         assert set(arrays) <= allowed, entry
-        for shape in arrays.values():
-            assert tuple(shape) not in param_shapes or tuple(shape) == (batch,), entry
-            assert shape[0] == batch, entry  # per-sample payloads of the synthetic batch only
-    # And no real image: no image-shaped row on the wire equals any training image (as float32 or uint8).
+        sites = len(entry["sites"])
+        for key, shape in arrays.items():
+            if key in (P.SITE_IDS, P.D_STATS):  # per site of the node: its id, and three numbers about its D
+                assert shape == ([sites] if key == P.SITE_IDS else [sites, 3]), entry
+                continue
+            assert tuple(shape) not in param_shapes or tuple(shape) in ((batch,), (sites, batch)), entry
+            if entry["direction"] == "down":
+                assert shape[0] == batch, entry  # the synthetic batch (and its labels) only
+            else:  # per site of the node: per-sample payloads of the synthetic batch
+                assert shape[:2] == [sites, batch], entry
+    # And no real image: no image on the wire equals any training image (as float32 or uint8).
     train = load_federation_data(scenario).train
     real = {hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in train.float_images()}
     real |= {hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in train.images}
     sent = {h for entry in wire_log for h in entry["image_row_hashes"]}
     assert len(sent) > 0 and not (sent & real)
+
+
+def test_site_groups_under_flower_give_the_numbers_of_the_same_groups_in_process(tmp_path):
+    # Prepare: 5 sites in nodes of 2 (groups of 2, 2 and 1), a conditional G with per-class weights, and a class
+    # request served at one site of a group; the same scenario through Flower and through the batched engine.
+    base = tiny_scenario(sites={"count": 5})
+    labels = load_federation_data(base).train.labels.numpy()[site_positions(base)[2]]
+    klass = int(np.bincount(labels).argmax())
+    scenario = tiny_scenario(
+        sites={"count": 5, "per-node": 2}, model={"conditional": True},
+        training={"rounds": 4, "site-weights": "per_class"},
+        evaluation={"every": 0}, engine={"name": "flower", "num-cpus": 1}, unlearning=FORGET,
+        forget=[{"site": 2, "class": klass, "round": 2}])
+    wire_log: list[dict] = []
+
+    # Execute
+    flower = run_scenario(scenario, tmp_path / "flower", wire_log=wire_log)
+    batched = run_scenario(scenario.replace(engine=scenario.engine.__class__(name="batched", device="cpu")),
+                           tmp_path / "batched")
+
+    # Assert: one message per node and round, carrying its sites' answers; the same numbers as in process.
+    first_round = [e for e in wire_log if e["direction"] == "up"][:3]  # three nodes answer round 1
+    assert {e["round"] for e in first_round} == {1} and sorted(len(e["sites"]) for e in first_round) == [1, 2, 2]
+    a, b = _round_lines(tmp_path / "flower"), _round_lines(tmp_path / "batched")
+    for key in ("generator_loss", "discriminator_loss", "d_aggregate"):
+        np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=1e-4, atol=1e-5, err_msg=key)
+    (x,), (y,) = flower["unlearning"], batched["unlearning"]
+    for side in ("before", "after", "retrain"):
+        assert x["forget_class_rate"][side] == pytest.approx(y["forget_class_rate"][side], abs=1e-3), side
+    assert flower["fid_lenet"] == pytest.approx(batched["fid_lenet"], rel=1e-3)
