@@ -39,7 +39,7 @@ def _group_for(scenario_json: str, partition_id: int, fresh: bool = False) -> Si
     scenario = scenario_from_dict(json.loads(scenario_json))
     sites = P.node_sites(partition_id, scenario.sites.per_node, scenario.sites.count)
     device = resolve_device(scenario.engine.device)
-    group = SiteGroup([build_site(scenario, site_id, device) for site_id in sites])
+    group = SiteGroup([build_site(scenario, site_id, device) for site_id in sites], scenario.engine.batching)
     _GROUPS[key] = group
     while len(_GROUPS) > _MAX_CACHED_GROUPS:
         _GROUPS.popitem(last=False)

@@ -46,7 +46,7 @@ class BatchedEngine:
             sites[site_id].shard.forget(np.asarray(ids, dtype=np.int64))
         self.groups, start = [], 0
         for size in group_sizes(len(sites), self.scenario.sites.per_node):
-            self.groups.append(SiteGroup(sites[start:start + size]))
+            self.groups.append(SiteGroup(sites[start:start + size], self.scenario.engine.batching))
             start += size
         self._where = {site_id: (group, k) for group in self.groups for k, site_id in enumerate(group.site_ids)}
         return [SiteInfo(site.site_id, site.shard.class_counts()) for site in sites]

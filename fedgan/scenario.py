@@ -20,6 +20,7 @@ from fedgan.forget import ForgetRequest
 from fedgan.models import ModelSpec
 from fedgan.schedule import LR_SCHEDULES
 from fedgan.shard import REAL_SAMPLING
+from fedgan.site_group import BATCHING
 
 ENGINES = ("flower", "inprocess", "batched")
 SITE_WEIGHTS = ("size", "uniform", "per_class")
@@ -95,6 +96,7 @@ class EngineConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     device: str = "auto"
+    batching: str = "auto"  # site groups: vmap (one batched computation), loop (site by site), auto (by device)
     round_timeout: float = 600.0
 
 
@@ -362,6 +364,7 @@ def validate(s: Scenario) -> None:
     g = s.engine
     _one_of(g.name, ENGINES, "engine.name")
     _one_of(g.device, DEVICES, "engine.device")
+    _one_of(g.batching, BATCHING, "engine.batching")
     _require(g.num_cpus > 0, "engine.num-cpus", f"got {g.num_cpus}", "use a positive number of CPUs per site")
     _require(g.num_gpus >= 0, "engine.num-gpus", f"got {g.num_gpus}", "use 0 or a positive GPU share per site")
     _require(g.round_timeout > 0, "engine.round-timeout", f"got {g.round_timeout}", "use a positive number of seconds")

@@ -28,14 +28,31 @@ from fedgan.schedule import learning_rate_factor
 from fedgan.site import Site, SiteReply, to_cpu
 from fedgan.site_unlearning import UnlearnStageOptions
 
+BATCHING = ("auto", "vmap", "loop")
+
+
+def resolve_batching(batching: str, device: torch.device) -> str:
+    """``auto``: ``vmap`` on a GPU (small kernels leave it idle), ``loop`` on a CPU (where the plain per-site loop
+    is faster: bench/scale.py)."""
+    if batching == "auto":
+        return "vmap" if device.type == "cuda" else "loop"
+    if batching not in BATCHING:
+        raise KeyError(f"unknown batching {batching!r}; use one of {', '.join(BATCHING)}")
+    return batching
+
 
 class SiteGroup:
-    """K sites of one scenario (same model and options) trained as one stacked computation."""
+    """K sites of one scenario (same model and options) trained as one stacked computation.
 
-    def __init__(self, sites: list[Site]) -> None:
+    `batching` ``vmap`` runs a round as one batched computation; ``loop`` runs each site's own `Site` code in turn
+    over the same stacked state (what a CPU does fastest); ``auto`` picks by device.
+    """
+
+    def __init__(self, sites: list[Site], batching: str = "auto") -> None:
         if not sites:
             raise ValueError("a site group needs at least one site")
         self.sites = sites
+        self.batching = resolve_batching(batching, sites[0].device)
         self.site_ids = [site.site_id for site in sites]
         first = sites[0]
         self.options = first.options
@@ -72,11 +89,12 @@ class SiteGroup:
     def train_round(self, fake: torch.Tensor, labels: torch.Tensor | None, round_index: int | None = None
                     ) -> dict[int, SiteReply]:
         """Every site's D step(s) on its real stream vs `fake`, then its logits and ∂logit/∂fake (by site id)."""
-        if len(self.sites) == 1:  # a group of one runs the per-site code itself: exactly the `Site` numbers
-            site = self.materialise(0)
-            reply = site.train_round(fake, labels, round_index)
-            self.absorb(0)
-            return {site.site_id: reply}
+        if self.batching == "loop" or len(self.sites) == 1:  # each site's own code: exactly the `Site` numbers
+            replies = {}
+            for index, site in enumerate(self.sites):
+                replies[site.site_id] = self.materialise(index).train_round(fake, labels, round_index)
+                self.absorb(index)
+            return replies
         fake = fake.to(self.device, torch.float32)
         labels = labels.to(self.device) if (labels is not None and self.conditional) else None
         active = torch.tensor([site.shard.has_real for site in self.sites])

@@ -6,6 +6,7 @@ only synthetic images, labels, logits and input gradients — no discriminator w
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -112,13 +113,13 @@ def test_site_groups_under_flower_give_the_numbers_of_the_same_groups_in_process
     scenario = tiny_scenario(
         sites={"count": 5, "per-node": 2}, model={"conditional": True},
         training={"rounds": 4, "site-weights": "per_class"},
-        evaluation={"every": 0}, engine={"name": "flower", "num-cpus": 1}, unlearning=FORGET,
+        evaluation={"every": 0}, engine={"name": "flower", "num-cpus": 1, "batching": "vmap"}, unlearning=FORGET,
         forget=[{"site": 2, "class": klass, "round": 2}])
     wire_log: list[dict] = []
 
     # Execute
     flower = run_scenario(scenario, tmp_path / "flower", wire_log=wire_log)
-    batched = run_scenario(scenario.replace(engine=scenario.engine.__class__(name="batched", device="cpu")),
+    batched = run_scenario(scenario.replace(engine=dataclasses.replace(scenario.engine, name="batched", device="cpu")),
                            tmp_path / "batched")
 
     # Assert: one message per node and round, carrying its sites' answers; the same numbers as in process.

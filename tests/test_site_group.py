@@ -48,12 +48,13 @@ def batches(rounds, seed=0):
         yield torch.rand(16, 1, 28, 28, generator=generator) * 2 - 1, torch.randint(10, (16,), generator=generator)
 
 
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_a_group_trains_like_its_sites_one_by_one(variant):
+def test_a_group_trains_like_its_sites_one_by_one(variant, batching):
     # Prepare: the same three sites twice, once as plain Sites and once as a group.
     scenario = tiny_scenario(**VARIANTS[variant])
     reference = [build_site(scenario, j) for j in range(3)]
-    group = SiteGroup([build_site(scenario, j) for j in range(3)])
+    group = SiteGroup([build_site(scenario, j) for j in range(3)], batching)
 
     # Execute / Assert: every round's replies agree.
     for round_index, (fake, labels) in enumerate(batches(4), start=1):
@@ -68,7 +69,7 @@ def test_a_group_keeps_each_site_exact_through_exclusion_forgetting_and_every_un
     # Adam step counts diverge from site 0's, so each needs its own bias correction.
     scenario = tiny_scenario(model={"conditional": True}, training={"r1-gamma": 1.0})
     reference = [build_site(scenario, j) for j in range(3)]
-    group = SiteGroup([build_site(scenario, j) for j in range(3)])
+    group = SiteGroup([build_site(scenario, j) for j in range(3)], "vmap")
     rounds = batches(6, seed=1)
     fake, labels = next(rounds)
     expected = {s.site_id: s.train_round(fake, labels, 1) for s in reference}
@@ -97,7 +98,7 @@ def test_a_group_keeps_each_site_exact_through_exclusion_forgetting_and_every_un
 def test_group_state_round_trips_and_matches_the_site_state_format():
     # Prepare
     scenario = tiny_scenario()
-    group = SiteGroup([build_site(scenario, j) for j in range(3)])
+    group = SiteGroup([build_site(scenario, j) for j in range(3)], "vmap")
     fake, labels = next(batches(1))
     group.train_round(fake, labels, 1)
     saved = group.group_state()
@@ -120,6 +121,14 @@ def test_group_sizes_follow_sites_per_node():
     assert group_sizes(10, 4) == [4, 4, 2]
 
 
+def test_auto_batching_is_vmap_on_a_gpu_and_the_loop_on_a_cpu():
+    from fedgan.site_group import resolve_batching
+
+    assert resolve_batching("auto", torch.device("cpu")) == "loop"
+    assert resolve_batching("auto", torch.device("cuda")) == "vmap"
+    assert resolve_batching("vmap", torch.device("cpu")) == "vmap"
+
+
 def test_the_batched_engine_runs_a_scenario_with_a_forget_request_as_inprocess_does(tmp_path):
     # Prepare: unequal groups (4 sites in groups of 3 and 1), a class request at one site.
     base = tiny_scenario(sites={"count": 4}, training={"rounds": 4}, evaluation={"every": 0},
@@ -127,9 +136,10 @@ def test_the_batched_engine_runs_a_scenario_with_a_forget_request_as_inprocess_d
     klass = held_class(base, 0)
     items = site_items(base, 3, 4)
     scenario = tiny_scenario(sites={"count": 4, "per-node": 3}, training={"rounds": 4}, evaluation={"every": 0},
+                             engine={"batching": "vmap"},
                              unlearning={**FAST_UNLEARNING, "methods": ["cascaded", "retrain"]},
                              forget=[{"site": 0, "class": klass, "round": 2}, {"site": 3, "items": items, "round": 2}])
-    batched = scenario.replace(engine=scenario.engine.__class__(name="batched", device="cpu"))
+    batched = scenario.replace(engine=scenario.engine.__class__(name="batched", device="cpu", batching="vmap"))
 
     # Execute
     a = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path / "inprocess")
