@@ -1,14 +1,16 @@
 """Flower ClientApp for one node: translates messages into calls on the node's sites, nothing more.
 
 A node hosts `sites.per-node` consecutive sites (one by default), as a `fedgan.site_group.SiteGroup`: a group of one
-runs the per-site `Site` code itself, a larger group trains its sites as one batched computation. A ClientApp is
-re-created for every message (docs/engines.md), so the node's lasting state — its sites' D weights, Adam states,
-batch RNGs and forgotten ids — lives in `context.state` as bytes and is restored before each step. The shards are
-rebuilt from the scenario and the node's ``partition-id`` and cached per worker process, never sent anywhere.
+runs the per-site `Site` code itself, a larger group trains its sites (batched or site by site, `engine.batching`).
+A ClientApp is re-created for every message (docs/engines.md), so the node's lasting state — its sites' D weights,
+Adam states, batch RNGs and forgotten ids — lives in files on the node's disk (`fedgan.node_state`), never in a
+message; `context.state` keeps only their folder and version. The shards are rebuilt from the scenario and the
+node's ``partition-id``, and the group is cached per worker process (reused while its version is current).
 """
 from __future__ import annotations
 
 import json
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -19,15 +21,19 @@ from flwr.clientapp import ClientApp
 
 from fedgan import protocol as P
 from fedgan.engine import build_site, resolve_device
+from fedgan.node_state import NodeStateStore, node_folder
 from fedgan.scenario import scenario_from_dict
 from fedgan.site_group import SiteGroup
 from fedgan.site_unlearning import UnlearnStageOptions
+from fedgan.storage import cache_dir
 
 app = ClientApp()
 
-# Groups built in this worker process, keyed by (scenario JSON, partition id). A cache only: the state in the
-# Context is loaded into the group before every step, so a cached object never carries stale weights.
-_GROUPS: OrderedDict[tuple[str, int], SiteGroup] = OrderedDict()
+# Groups built in this worker process, keyed by (scenario JSON, partition id), each with the version of the state
+# it holds: (the node's state folder, a token drawn at setup, a counter). A cache only: when the node's state has
+# moved on (another worker served its last message, a restore, another run), the state file is loaded first, so a
+# cached object never carries stale weights.
+_GROUPS: OrderedDict[tuple[str, int], tuple[SiteGroup, tuple]] = OrderedDict()
 _MAX_CACHED_GROUPS = 64
 
 
@@ -35,12 +41,12 @@ def _group_for(scenario_json: str, partition_id: int, fresh: bool = False) -> Si
     key = (scenario_json, partition_id)
     if key in _GROUPS and not fresh:
         _GROUPS.move_to_end(key)
-        return _GROUPS[key]
+        return _GROUPS[key][0]
     scenario = scenario_from_dict(json.loads(scenario_json))
     sites = P.node_sites(partition_id, scenario.sites.per_node, scenario.sites.count)
     device = resolve_device(scenario.engine.device)
     group = SiteGroup([build_site(scenario, site_id, device) for site_id in sites], scenario.engine.batching)
-    _GROUPS[key] = group
+    _GROUPS[key] = (group, ())
     while len(_GROUPS) > _MAX_CACHED_GROUPS:
         _GROUPS.popitem(last=False)
     return group
@@ -52,15 +58,39 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def _load_group(context: Context) -> SiteGroup:
+def _store(context: Context) -> NodeStateStore:
+    return NodeStateStore(str(context.state[P.STATE_CONFIG][P.STATE_DIR]))
+
+
+def _key_and_version(context: Context) -> tuple[tuple[str, int], tuple]:
     config = context.state[P.STATE_CONFIG]
-    group = _group_for(str(config[P.SCENARIO_JSON]), int(config[P.PARTITION_ID]))
-    group.load_group_state_bytes(bytes(context.state[P.STATE_SITES][P.STATE_BYTES]))
+    key = (str(config[P.SCENARIO_JSON]), int(config[P.PARTITION_ID]))
+    return key, (str(config[P.STATE_DIR]), str(config[P.STATE_TOKEN]), int(config[P.STATE_VERSION]))
+
+
+def _load_group(context: Context) -> SiteGroup:
+    """The node's group holding its current state (from this worker's cache when that is current, else the file)."""
+    key, version = _key_and_version(context)
+    group = _group_for(*key)
+    if _GROUPS[key][1] != version:
+        group.load_group_state_bytes(_store(context).load())
+        _GROUPS[key] = (group, version)
     return group
 
 
 def _save_group(context: Context, group: SiteGroup) -> None:
-    context.state[P.STATE_SITES] = ConfigRecord({P.STATE_BYTES: group.group_state_bytes()})
+    """Write the node's new state and move its version on (the Context keeps only the version)."""
+    _store(context).save(group.group_state_bytes())
+    _bump_version(context, group)
+
+
+def _bump_version(context: Context, group: SiteGroup | None) -> None:
+    """The node's state changed: a new version, which `group` (when given) holds."""
+    config = context.state[P.STATE_CONFIG]
+    context.state[P.STATE_CONFIG] = ConfigRecord({**dict(config), P.STATE_VERSION: int(config[P.STATE_VERSION]) + 1})
+    if group is not None:
+        key, version = _key_and_version(context)
+        _GROUPS[key] = (group, version)
 
 
 def _array(arrays: ArrayRecord, key: str, dtype=None) -> np.ndarray:
@@ -79,6 +109,16 @@ def _site_ids(group: SiteGroup) -> Array:
     return Array(np.asarray(group.site_ids, dtype=np.int64))
 
 
+def _state_root(context: Context, config: ConfigRecord, token: str) -> str:
+    """Where this node keeps its state: its own node_config ``state-dir`` (a SuperNode's disk), else the folder the
+    server named (the run directory's, in a simulation), else a folder of this setup in the cache."""
+    if P.STATE_DIR in context.node_config:
+        return str(context.node_config[P.STATE_DIR])
+    if P.STATE_DIR in config:
+        return str(config[P.STATE_DIR])
+    return str(cache_dir("node-state", token))
+
+
 @app.train(P.action(P.SETUP))
 def setup(msg: Message, context: Context) -> Message:
     """Join the run: build this node's sites from the scenario, keep their state, report their class counts."""
@@ -94,7 +134,11 @@ def setup(msg: Message, context: Context) -> Message:
     for site in group.sites:  # a fresh federation without these items (the retrain baseline)
         if str(site.site_id) in forgotten:
             site.shard.forget(np.asarray(forgotten[str(site.site_id)], dtype=np.int64))
-    context.state[P.STATE_CONFIG] = ConfigRecord({P.SCENARIO_JSON: scenario_json, P.PARTITION_ID: partition_id})
+    token = uuid.uuid4().hex
+    context.state[P.STATE_CONFIG] = ConfigRecord({
+        P.SCENARIO_JSON: scenario_json, P.PARTITION_ID: partition_id, P.STATE_VERSION: 0, P.STATE_TOKEN: token,
+        P.STATE_DIR: str(node_folder(_state_root(context, config, token), partition_id)),
+    })
     _save_group(context, group)
     counts = np.stack([site.shard.class_counts() for site in group.sites])
     content = RecordDict({P.ARRAYS: ArrayRecord({P.SITE_IDS: _site_ids(group), P.CLASS_COUNTS: Array(counts)})})
@@ -126,27 +170,22 @@ def train_round(msg: Message, context: Context) -> Message:
 @app.train(P.action(P.SNAPSHOT))
 def snapshot(msg: Message, context: Context) -> Message:
     """Keep a copy of this node's state under a tag (at the node)."""
-    tag = str(msg.content[P.CONFIG][P.TAG])
-    context.state[P.STATE_SNAPSHOT_PREFIX + tag] = ConfigRecord(
-        {P.STATE_BYTES: bytes(context.state[P.STATE_SITES][P.STATE_BYTES])})
+    _store(context).snapshot(str(msg.content[P.CONFIG][P.TAG]))
     return _empty_reply(msg)
 
 
 @app.train(P.action(P.RESTORE))
 def restore(msg: Message, context: Context) -> Message:
-    """Return to the state kept under a tag."""
-    tag = str(msg.content[P.CONFIG][P.TAG])
-    context.state[P.STATE_SITES] = ConfigRecord(
-        {P.STATE_BYTES: bytes(context.state[P.STATE_SNAPSHOT_PREFIX + tag][P.STATE_BYTES])})
+    """Return to the state kept under a tag (any worker's cached copy is now out of date)."""
+    _store(context).restore(str(msg.content[P.CONFIG][P.TAG]))
+    _bump_version(context, None)
     return _empty_reply(msg)
 
 
 @app.train(P.action(P.DISCARD))
 def discard(msg: Message, context: Context) -> Message:
     """Drop the state kept under a tag."""
-    key = P.STATE_SNAPSHOT_PREFIX + str(msg.content[P.CONFIG][P.TAG])
-    if key in context.state:
-        del context.state[key]
+    _store(context).discard(str(msg.content[P.CONFIG][P.TAG]))
     return _empty_reply(msg)
 
 

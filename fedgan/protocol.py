@@ -57,12 +57,13 @@ FORGET_SITES = "forget-sites"
 IMAGES = "images"
 STAGE_JSON = "stage"
 SITE = "site"
+STATE_DIR = "state-dir"  # SETUP: the folder under which each node keeps its state (a node_config key overrides it)
 
-# Keys a node keeps in its Flower Context.state between messages (never sent to the server).
+# What a node keeps in its Flower Context.state between messages: where its state files are and their version
+# (the state itself is in those files, fedgan.node_state; never sent to the server).
 STATE_CONFIG = "fedgan.config"
-STATE_SITES = "fedgan.sites"
-STATE_BYTES = "state"
-STATE_SNAPSHOT_PREFIX = "fedgan.snapshot."
+STATE_VERSION = "version"
+STATE_TOKEN = "token"  # drawn at every setup: a version of another run or an earlier setup never matches
 
 DOWN_ARRAY_KEYS = frozenset({FAKE, LABELS})
 UP_ARRAY_KEYS = frozenset({SITE_IDS, LOGITS, INPUT_GRADS, D_STATS, CLASS_COUNTS})

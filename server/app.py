@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedgan.experiment import ProgressFn, run_experiment
 from fedgan.scenario import Scenario, load_scenario
-from server.engine import FlowerEngine
+from server.engine import NODE_STATE_DIR, FlowerEngine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENARIO = "smoke"
@@ -36,7 +36,8 @@ def make_server_app(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        summary = run_experiment(scenario, FlowerEngine(grid, scenario, wire_log), out_dir, progress=progress)
+        engine = FlowerEngine(grid, scenario, wire_log, state_dir=Path(out_dir) / NODE_STATE_DIR)
+        summary = run_experiment(scenario, engine, out_dir, progress=progress)
         if on_done is not None:
             on_done(summary)
 
@@ -64,5 +65,5 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point of `flwr run .`: the scenario named in the run config, through Flower."""
     scenario, out_dir = _scenario_from_run_config(dict(context.run_config))
     print(f"fedgan: scenario {scenario.name!r}, {scenario.sites.count} sites, writing {out_dir}", flush=True)
-    summary = run_experiment(scenario, FlowerEngine(grid, scenario), out_dir)
+    summary = run_experiment(scenario, FlowerEngine(grid, scenario, state_dir=out_dir / NODE_STATE_DIR), out_dir)
     print(f"fedgan: done in {summary['wall_seconds']:.1f} s, FID_LeNet {summary['fid_lenet']:.2f}", flush=True)

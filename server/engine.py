@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from fedgan.scenario import Scenario
 from fedgan.site import SiteReply
 
 NODE_WAIT_SECONDS = 120.0
+NODE_STATE_DIR = "node-state"  # under the run directory: each node's state files (fedgan.node_state)
 
 
 def record_bytes(records: Iterable[Any]) -> int:
@@ -38,9 +40,12 @@ class FlowerEngine:
 
     name = "flower"
 
-    def __init__(self, grid: Grid, scenario: Scenario, wire_log: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, grid: Grid, scenario: Scenario, wire_log: list[dict[str, Any]] | None = None,
+                 state_dir: str | Path | None = None) -> None:
         self.grid = grid
         self.scenario = scenario
+        # Where nodes keep their state unless their node_config names a folder (a SuperNode on another machine).
+        self.state_dir = Path(state_dir).resolve() if state_dir is not None else None
         self.node_of_site: dict[int, int] = {}
         self.sites_of_node: dict[int, list[int]] = {}
         self.traffic = Traffic()
@@ -96,6 +101,8 @@ class FlowerEngine:
 
     def _setup_message(self, node: int, forgotten: SiteIds | None) -> Message:
         config: dict[str, Any] = {P.SCENARIO_JSON: self.scenario.to_json()}
+        if self.state_dir is not None:
+            config[P.STATE_DIR] = str(self.state_dir)
         mine = {s: ids for s, ids in (forgotten or {}).items() if s in self.sites_of_node.get(node, ())}
         if mine:  # only the node's own sites' ids: no node learns what another site forgot
             config[P.FORGOTTEN_JSON] = json.dumps({str(s): np.asarray(ids).tolist() for s, ids in mine.items()})
