@@ -70,6 +70,9 @@ def _link_over(source: Path, target: Path) -> None:
     except OSError:  # a file system without hard links: copy instead
         temporary.write_bytes(source.read_bytes())
     os.replace(temporary, target)
+    # rename() between two names of one file does nothing (POSIX) and leaves the temporary name behind: the
+    # target already was the source (a restore right after its snapshot).
+    temporary.unlink(missing_ok=True)
 
 
 def node_folder(root: str | os.PathLike[str], partition_id: int) -> Path:

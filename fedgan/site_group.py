@@ -8,10 +8,10 @@ one update over stacked tensors is still per-site Adam — but each site keeps i
 so sites whose counts diverge (unlearning stages, a site without real data) stay exact.
 
 What stays per site: the shard, its sampling and its random stream (`Site.shard`, `Site.rng`: index draws only),
-and the rare work of forget requests — an unlearning stage, a state copy for a snapshot or checkpoint — which runs
-on the site's own `Site` object after its slice of the stacked state has been written into it (`materialise`) and
-is read back afterwards (`absorb`). Between those, a member `Site`'s own discriminator and optimizer are stale:
-the stacked tensors are the truth.
+and the rare work of forget requests — an unlearning stage, a site's state for a checkpoint — which runs on the
+site's own `Site`. A member `Site` never holds a copy: its discriminator's parameters and its Adam moments are views
+of the group's stacked tensors (`materialise`), so its own code — the per-site loop of ``loop`` batching, or an
+unlearning stage — updates the stacked state in place; `absorb` takes back what a state load replaced.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class SiteGroup:
         self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in self.params.items()}
         self.adam_steps = torch.zeros(len(sites), dtype=torch.float64)  # per site: Adam's bias-correction clock
         for index in range(len(sites)):
-            self.absorb(index)
+            self.absorb(index)  # a Site that already stepped brings its Adam state; then it sees the stacked state
 
     def __len__(self) -> int:
         return len(self.sites)
@@ -91,9 +91,9 @@ class SiteGroup:
         """Every site's D step(s) on its real stream vs `fake`, then its logits and ∂logit/∂fake (by site id)."""
         if self.batching == "loop" or len(self.sites) == 1:  # each site's own code: exactly the `Site` numbers
             replies = {}
-            for index, site in enumerate(self.sites):
-                replies[site.site_id] = self.materialise(index).train_round(fake, labels, round_index)
-                self.absorb(index)
+            for index, site in enumerate(self.sites):  # the Sites update the stacked tensors through their views
+                replies[site.site_id] = site.train_round(fake, labels, round_index)
+                self.adam_steps[index] += float(self.options.d_steps if site.shard.has_real else 0)
             return replies
         fake = fake.to(self.device, torch.float32)
         labels = labels.to(self.device) if (labels is not None and self.conditional) else None
@@ -159,8 +159,10 @@ class SiteGroup:
                                      self.exp_avg_sq[name])
             denom = exp_avg_sq.sqrt() / correction2_sqrt.to(self.device).view(shape) + eps
             update = exp_avg / denom * step_size.to(self.device).view(shape)
-            self.params[name] = torch.where(keep, self.params[name] - update, self.params[name])
-            self.exp_avg[name], self.exp_avg_sq[name] = exp_avg, exp_avg_sq
+            # In place: each member Site's parameters and moments are views of these tensors.
+            self.params[name].copy_(torch.where(keep, self.params[name] - update, self.params[name]))
+            self.exp_avg[name].copy_(exp_avg)
+            self.exp_avg_sq[name].copy_(exp_avg_sq)
 
     def _logits_and_input_grads(self, fake: torch.Tensor, labels: torch.Tensor | None
                                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +192,8 @@ class SiteGroup:
         return stats
 
     def state_dict_of(self, index: int) -> dict[str, Any]:
-        """Site `index`'s state in `Site.state_dict` form (snapshots and checkpoints share one format)."""
-        return self.materialise(index).state_dict()
+        """A copy of site `index`'s state in `Site.state_dict` form (snapshots and checkpoints share one format)."""
+        return copy.deepcopy(self.materialise(index).state_dict())  # its tensors are views of the stacked state
 
     def load_state_dict_of(self, index: int, state: dict[str, Any]) -> None:
         """Restore site `index` from a `Site.state_dict`."""
@@ -199,33 +201,37 @@ class SiteGroup:
         self.absorb(index)
 
     def materialise(self, index: int) -> Site:
-        """Write site `index`'s slice of the stacked state into its `Site` (weights, Adam moments and step)."""
+        """Site `index`'s `Site`, seeing the stacked state: its D's parameters and its Adam moments are views of
+        the group's stacked tensors (so its own code updates them in place), and its Adam step is the group's."""
         site = self.sites[index]
-        with torch.no_grad():
-            for name, parameter in site.discriminator.named_parameters():
-                parameter.copy_(self.params[name][index])
-        steps = float(self.adam_steps[index])
-        site.optimizer.state.clear()
-        if steps > 0:
-            for name, parameter in site.discriminator.named_parameters():
-                site.optimizer.state[parameter] = {
-                    "step": torch.tensor(steps, dtype=torch.float32),
-                    "exp_avg": self.exp_avg[name][index].clone(),
-                    "exp_avg_sq": self.exp_avg_sq[name][index].clone(),
-                }
+        for name, parameter in site.discriminator.named_parameters():
+            parameter.data = self.params[name][index]
+            site.optimizer.state[parameter] = {
+                "step": torch.tensor(float(self.adam_steps[index]), dtype=torch.float32),
+                "exp_avg": self.exp_avg[name][index],
+                "exp_avg_sq": self.exp_avg_sq[name][index],
+            }
         return site
 
     def absorb(self, index: int) -> None:
-        """Read site `index`'s `Site` (weights, Adam moments and step) back into the stacked state."""
+        """Take site `index`'s `Site` back into the stacked state: its Adam step, and its weights and moments where
+        its own code replaced them (a state load) rather than updating the shared views in place."""
         site = self.sites[index]
         with torch.no_grad():
             for name, parameter in site.discriminator.named_parameters():
-                self.params[name][index] = parameter.detach()
+                stacked = self.params[name][index]
+                if parameter.data_ptr() != stacked.data_ptr():
+                    stacked.copy_(parameter.detach())
                 state = site.optimizer.state.get(parameter, {})
-                self.exp_avg[name][index] = state.get("exp_avg", torch.zeros_like(parameter))
-                self.exp_avg_sq[name][index] = state.get("exp_avg_sq", torch.zeros_like(parameter))
+                for moments, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
+                    mine, value = moments[name][index], state.get(key)
+                    if value is None:
+                        mine.zero_()
+                    elif value.data_ptr() != mine.data_ptr():
+                        mine.copy_(value)
             first = next(site.discriminator.parameters())
             self.adam_steps[index] = float(site.optimizer.state.get(first, {}).get("step", 0.0))
+        self.materialise(index)  # the Site sees the stacked state again
 
     # ---- the whole group's state at once (snapshots of a forget batch) ----
     def group_state(self) -> dict[str, Any]:
@@ -240,12 +246,14 @@ class SiteGroup:
         }
 
     def load_group_state(self, state: dict[str, Any]) -> None:
-        """Return to what `group_state` returned."""
-        self.params = {n: p.clone() for n, p in state["params"].items()}
-        self.exp_avg = {n: p.clone() for n, p in state["exp_avg"].items()}
-        self.exp_avg_sq = {n: p.clone() for n, p in state["exp_avg_sq"].items()}
+        """Return to what `group_state` returned (in place: the sites' views stay valid)."""
+        with torch.no_grad():
+            for key in ("params", "exp_avg", "exp_avg_sq"):
+                for name, value in state[key].items():
+                    getattr(self, key)[name].copy_(value)
         self.adam_steps = state["adam_steps"].clone()
-        for site, saved in zip(self.sites, state["sites"]):
+        for index, (site, saved) in enumerate(zip(self.sites, state["sites"])):
+            self.materialise(index)
             site.rng.set_state(saved["rng"])
             site.steps = saved["steps"]
             site.shard.restore_ids(saved["forgotten"], saved["excluded"])

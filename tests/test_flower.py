@@ -58,7 +58,8 @@ def test_flower_run_writes_the_results_contract(flower_and_inprocess):
     # Each node keeps its sites' state in its own files, not in the messages (and no snapshot outlives its batch).
     nodes = sorted(p.name for p in (out / "flower" / "node-state").iterdir())
     assert nodes == [f"node-{j}" for j in range(scenario.sites.count)]
-    assert all(sorted(f.name for f in (out / "flower" / "node-state" / n).iterdir()) == ["state.pt"] for n in nodes)
+    files = {n: sorted(f.name for f in (out / "flower" / "node-state" / n).iterdir()) for n in nodes}
+    assert all(names == ["state.pt"] for names in files.values()), files
 
 
 def test_flower_and_inprocess_engines_give_the_same_numbers(flower_and_inprocess):

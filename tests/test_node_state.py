@@ -44,3 +44,13 @@ def test_tags_of_any_text_are_safe_file_names(tmp_path):
     store.save(b"x")
     store.snapshot("../../etc/passwd")
     assert store.path("../../etc/passwd").parent == store.folder
+
+
+def test_restoring_a_snapshot_that_is_still_current_leaves_no_temporary_file(tmp_path):
+    # The snapshot and the current state are then two names of one file: the rename in between does nothing.
+    store = NodeStateStore(tmp_path / "node-0")
+    store.save(b"a")
+    store.snapshot("t")
+    store.restore("t")
+    assert store.load() == b"a"
+    assert sorted(p.name for p in store.folder.iterdir()) == [store.path("t").name, "state.pt"]
