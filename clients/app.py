@@ -73,14 +73,14 @@ def _load_group(context: Context) -> SiteGroup:
     key, version = _key_and_version(context)
     group = _group_for(*key)
     if _GROUPS[key][1] != version:
-        group.load_group_state_bytes(_store(context).load())
+        group.load_state_file(_store(context).path())
         _GROUPS[key] = (group, version)
     return group
 
 
 def _save_group(context: Context, group: SiteGroup) -> None:
     """Write the node's new state and move its version on (the Context keeps only the version)."""
-    _store(context).save(group.group_state_bytes())
+    _store(context).save_with(group.save_state)
     _bump_version(context, group)
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
-from fedgan.storage import atomic_write_bytes
+from fedgan.storage import atomic_write_bytes, atomic_write_with
 
 CURRENT = "state"
 
@@ -43,6 +45,10 @@ class NodeStateStore:
     def save(self, data: bytes) -> None:
         """Replace the current state (atomically: a reader sees the old state or the new, never half of one)."""
         atomic_write_bytes(self.path(), data, durable=False)
+
+    def save_with(self, write: Callable[[BinaryIO], Any]) -> None:
+        """Replace the current state with what `write(handle)` writes (streamed: no copy of it in memory)."""
+        atomic_write_with(self.path(), write, durable=False)
 
     def load(self, tag: str | None = None) -> bytes:
         """The current state's bytes (or a snapshot's); FileNotFoundError naming the file when there is none."""

@@ -121,6 +121,7 @@ class Site:
             loss = loss + 0.5 * self.options.r1_gamma * grad_real.pow(2).flatten(1).sum(1).mean()
         loss.backward()
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # no gradient kept between rounds: memory for many sites
         self.steps += 1
         with torch.no_grad():
             return float(loss), float(torch.sigmoid(real_logits).mean()), float(torch.sigmoid(fake_logits).mean())

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import io
-from typing import Any
+import os
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -258,21 +259,34 @@ class SiteGroup:
             site.steps = saved["steps"]
             site.shard.restore_ids(saved["forgotten"], saved["excluded"])
 
+    def save_state(self, handle: BinaryIO) -> None:
+        """The group's state written with torch.save, every tensor on the CPU (loads with weights_only). The live
+        tensors are written as they are (no copy): call it between rounds."""
+        state = {
+            "params": self.params, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
+            "adam_steps": self.adam_steps,
+            "sites": [{"rng": site.rng.get_state(), "steps": site.steps,
+                       "forgotten": torch.tensor(sorted(site.shard.forgotten), dtype=torch.int64),
+                       "excluded": torch.tensor(sorted(site.shard.excluded), dtype=torch.int64)}
+                      for site in self.sites],
+        }
+        torch.save(to_cpu(state) if self.device.type != "cpu" else state, handle)
+
     def group_state_bytes(self) -> bytes:
-        """`group_state` serialised with torch.save, every tensor on the CPU (loads with weights_only)."""
-        state = self.group_state()
-        for saved in state["sites"]:
-            saved["forgotten"] = torch.tensor(sorted(saved["forgotten"]), dtype=torch.int64)
-            saved["excluded"] = torch.tensor(sorted(saved["excluded"]), dtype=torch.int64)
+        """`save_state` into bytes."""
         buffer = io.BytesIO()
-        torch.save(to_cpu(state), buffer)
+        self.save_state(buffer)
         return buffer.getvalue()
 
+    def load_state_file(self, path: str | os.PathLike[str]) -> None:
+        """Inverse of `save_state` from a file: memory-mapped on the CPU and copied into the group's tensors."""
+        self._load_saved(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+
     def load_group_state_bytes(self, data: bytes) -> None:
-        """Inverse of `group_state_bytes`: loaded on the CPU, then moved to the group's device."""
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        for key in ("params", "exp_avg", "exp_avg_sq"):
-            state[key] = {name: value.to(self.device) for name, value in state[key].items()}
+        """Inverse of `group_state_bytes`."""
+        self._load_saved(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+    def _load_saved(self, state: dict[str, Any]) -> None:
         for saved in state["sites"]:
             saved["forgotten"] = {int(i) for i in saved["forgotten"].tolist()}
             saved["excluded"] = {int(i) for i in saved["excluded"].tolist()}

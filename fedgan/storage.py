@@ -9,8 +9,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -31,12 +32,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
     `durable`: fsync the file before the rename (survives a power cut, not only a crash of the process); state that
     is rewritten every round and can be rebuilt passes False.
     """
+    return atomic_write_with(path, lambda handle: handle.write(data), durable)
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any], durable: bool = True) -> Path:
+    """`write(handle)` into a temporary file in `path`'s folder, then an atomic rename onto `path` (for writers that
+    stream, such as `torch.save`, without building the whole content in memory first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
