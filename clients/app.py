@@ -68,13 +68,17 @@ def _key_and_version(context: Context) -> tuple[tuple[str, int], tuple]:
     return key, (str(config[P.STATE_DIR]), str(config[P.STATE_TOKEN]), int(config[P.STATE_VERSION]))
 
 
-def _load_group(context: Context) -> SiteGroup:
-    """The node's group holding its current state (from this worker's cache when that is current, else the file)."""
+def _load_group(context: Context, changes: bool = True) -> SiteGroup:
+    """The node's group holding its current state (from this worker's cache when that is current, else the file).
+
+    With `changes`, the cached copy counts as out of date until `_save_group` has written the new state: a handler
+    that raises half-way leaves nothing stale behind (Flower discards that call's Context changes too).
+    """
     key, version = _key_and_version(context)
     group = _group_for(*key)
     if _GROUPS[key][1] != version:
         group.load_state_file(_store(context).path())
-        _GROUPS[key] = (group, version)
+    _GROUPS[key] = (group, () if changes else version)
     return group
 
 
@@ -233,7 +237,7 @@ def unlearn(msg: Message, context: Context) -> Message:
 @app.query(P.action(P.QUERY_LOGITS))
 def query_logits(msg: Message, context: Context) -> Message:
     """A site's D logits on the images sent (the simulator's membership-inference measurement; never training)."""
-    group = _load_group(context)
+    group = _load_group(context, changes=False)
     arrays = msg.content[P.ARRAYS]
     index = group.site_ids.index(int(msg.content[P.CONFIG][P.SITE]))
     logits = group.discriminator_logits(index, _tensor(arrays, P.IMAGES), _tensor(arrays, P.LABELS))

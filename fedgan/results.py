@@ -8,6 +8,7 @@
     <out>/mixture.md, mixture.png  where there is a mixture to measure (`fedgan.evaluation.mixture`): per label,
                                each source's share among generated samples against the real share; site shares
     <out>/checkpoint.pt        generator, its optimizer, sampling RNG, round, and site states where reachable
+    <out>/node-state/          under Flower: each node's state files (fedgan.node_state), written by the nodes
 
 summary.json always has: dataset, num_sites, aggregator, rounds, wall_seconds, fid_lenet, kid, class_histogram
 (list of shares, one per class), evaluator_accuracy. Every file is written atomically (temporary file + rename);
