@@ -55,6 +55,7 @@ def bench_flower(scenario: Scenario, rounds: int, warmup: int) -> list[float]:
 
     from clients.app import app as client_app
     from server.engine import FlowerEngine
+    from server.simulation_latency import install_dispatcher
 
     result: list[float] = []
     server_app = ServerApp()
@@ -65,6 +66,7 @@ def bench_flower(scenario: Scenario, rounds: int, warmup: int) -> list[float]:
 
     backend = {"client_resources": {"num_cpus": scenario.engine.num_cpus, "num_gpus": scenario.engine.num_gpus},
                "init_args": {"include_dashboard": False, "logging_level": "ERROR"}}
+    install_dispatcher()
     run_simulation(server_app, client_app, num_supernodes=scenario.sites.count, backend_config=backend)
     return result
 

@@ -103,6 +103,7 @@ def run_flower(scenario, args: argparse.Namespace) -> list[float]:
     from clients.app import app as client_app
     from fedgan.protocol import num_nodes
     from server.engine import FlowerEngine
+    from server.simulation_latency import install_dispatcher
 
     result: list[float] = []
     server_app = ServerApp()
@@ -115,6 +116,7 @@ def run_flower(scenario, args: argparse.Namespace) -> list[float]:
 
     backend = {"client_resources": {"num_cpus": scenario.engine.num_cpus, "num_gpus": scenario.engine.num_gpus},
                "init_args": {"include_dashboard": False, "logging_level": "ERROR"}}
+    install_dispatcher()
     run_simulation(server_app, client_app, num_supernodes=num_nodes(scenario.sites.per_node, scenario.sites.count),
                    backend_config=backend)
     return result

@@ -98,6 +98,7 @@ class EngineConfig:
     device: str = "auto"
     batching: str = "auto"  # site groups: vmap (one batched computation), loop (site by site), auto (by device)
     round_timeout: float = 600.0
+    poll_interval: float = 0.002  # Flower: seconds between the server's pulls for replies (Flower's own: 0.1 s)
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,8 @@ def validate(s: Scenario) -> None:
     _require(g.num_cpus > 0, "engine.num-cpus", f"got {g.num_cpus}", "use a positive number of CPUs per site")
     _require(g.num_gpus >= 0, "engine.num-gpus", f"got {g.num_gpus}", "use 0 or a positive GPU share per site")
     _require(g.round_timeout > 0, "engine.round-timeout", f"got {g.round_timeout}", "use a positive number of seconds")
+    _require(0 < g.poll_interval <= 10, "engine.poll-interval", f"got {g.poll_interval}",
+             "use a positive number of seconds (0.002 by default; Flower's own grid uses 0.1)")
     for name in s.compare.aggregators:
         _one_of(name, AGGREGATORS, "compare.aggregators")
     for seed in s.compare.seeds:

@@ -21,6 +21,7 @@ from fedgan import protocol as P
 from fedgan.engine import SiteIds, SiteInfo, StageOrder, Traffic
 from fedgan.scenario import Scenario
 from fedgan.site import SiteReply
+from server.simulation_latency import notify_pushed
 
 NODE_WAIT_SECONDS = 120.0
 NODE_STATE_DIR = "node-state"  # under the run directory: each node's state files (fedgan.node_state)
@@ -51,6 +52,22 @@ class FlowerEngine:
         self.traffic = Traffic()
         self.wire_log = wire_log  # when a list is given, every message's keys/shapes are appended (tests)
 
+    # ---- one exchange: push, wake the dispatcher, pull ----
+    def _exchange(self, messages: list[Message]) -> list[Message]:
+        """Push `messages`, then pull every `engine.poll-interval` until every reply is in or `engine.round-timeout`
+        has passed (replaces `Grid.send_and_receive`, whose pulls sleep 0.1 s in simulation and 3 s in deployment)."""
+        waiting = set(self.grid.push_messages(messages))
+        notify_pushed()
+        deadline = time.monotonic() + self.scenario.engine.round_timeout
+        replies: list[Message] = []
+        while waiting and time.monotonic() < deadline:
+            pulled = list(self.grid.pull_messages(waiting))
+            replies += pulled
+            waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
+            if waiting:
+                time.sleep(self.scenario.engine.poll_interval)
+        return replies
+
     # ---- joining ----
     def _wait_for_nodes(self) -> list[int]:
         """Poll until the federation has as many nodes as the scenario needs (they register asynchronously)."""
@@ -76,7 +93,7 @@ class FlowerEngine:
             forgotten = None
         infos: dict[int, SiteInfo] = {}
         node_of_site: dict[int, int] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.scenario.engine.round_timeout):
+        for reply in self._exchange(messages):
             if reply.has_error():
                 raise RuntimeError(f"a site failed to start: {reply.error.reason}")
             arrays = reply.content[P.ARRAYS]
@@ -122,7 +139,7 @@ class FlowerEngine:
             self.traffic.bytes_down += record_bytes(content.values())
             self._log("down", round_index, self.sites_of_node[node], content)
         replies: dict[int, SiteReply] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.scenario.engine.round_timeout):
+        for reply in self._exchange(messages):
             if reply.has_error():  # the node's sites are dropped this round; the aggregation renormalises
                 continue
             self.traffic.bytes_up += record_bytes(reply.content.values())
@@ -165,7 +182,7 @@ class FlowerEngine:
             messages.append(Message(content, dst_node_id=node, message_type=message_type, group_id=message_type))
             self.traffic.bytes_down += record_bytes(content.values())
         replies: dict[int, RecordDict] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.scenario.engine.round_timeout):
+        for reply in self._exchange(messages):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 raise RuntimeError(f"sites {self.sites_of_node[node]} failed {message_type}: {reply.error.reason}")

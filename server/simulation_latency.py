@@ -1,0 +1,61 @@
+"""The two waits that set a Flower simulation round's latency, and how fedgan shortens them (docs/engines.md).
+
+1. Replies: `Grid.send_and_receive` pushes, then sleeps between pulls (0.1 s in the simulation's `InMemoryGrid`,
+   3 s in the deployment engine's grid). `FlowerEngine` pushes and pulls itself through the public
+   `push_messages` / `pull_messages`, every `engine.poll-interval` seconds.
+2. Dispatch: the simulation engine's dispatcher thread (`add_messages_to_queue` in
+   `flwr.server.superlink.fleet.vce.vce_api`, internal) passes over every node's messages, then waits a fixed
+   0.1 s. For the Flower versions below, `install_dispatcher` replaces it with the same pass that waits on an event
+   instead: `notify_pushed` (called by `FlowerEngine` after every push, in the same process under
+   `run_simulation`) wakes it at once; when nothing is pushed it passes every `DISPATCH_MAX_WAIT` (Flower's 0.1 s).
+   Other Flower versions keep their own dispatcher (a warning says so); `flwr run` starts the simulation in
+   another process, where only the first wait is shortened.
+
+This module is the only place fedgan touches Flower internals. tests/test_simulation_latency.py measures the
+behaviour (a pushed message is dispatched well within Flower's period), not the version string.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any
+
+import flwr
+
+SUPPORTED_FLWR = ("1.41.",)  # the versions whose dispatcher this module's copy reproduces
+DISPATCH_MAX_WAIT = 0.1  # seconds between passes when nothing is pushed (Flower's own period)
+
+_pushed = threading.Event()
+_installed = False
+
+
+def notify_pushed() -> None:
+    """Wake the dispatcher: the server has just pushed messages."""
+    _pushed.set()
+
+
+def dispatch_messages(state: Any, queue: Any, nodes_mapping: Any, f_stop: threading.Event) -> None:
+    """Flower 1.41's dispatcher pass (each node's next message into the workers' queue), waiting for the next push
+    instead of a fixed 0.1 s."""
+    while not f_stop.is_set():
+        _pushed.clear()  # before the pass: a push during the pass makes the wait below return at once
+        for node_id in nodes_mapping.keys():
+            for message in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(message)
+        _pushed.wait(DISPATCH_MAX_WAIT)
+
+
+def install_dispatcher() -> bool:
+    """Use `dispatch_messages` in Flower's simulation engine (this process); True when installed."""
+    global _installed
+    if _installed:
+        return True
+    if not flwr.__version__.startswith(SUPPORTED_FLWR):
+        warnings.warn(f"flwr {flwr.__version__}: fedgan's dispatcher supports {', '.join(SUPPORTED_FLWR)}x only; "
+                      "keeping Flower's (0.1 s between dispatch passes)", stacklevel=2)
+        return False
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    vce_api.add_messages_to_queue = dispatch_messages
+    _installed = True
+    return True
