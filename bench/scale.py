@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flower_overhead import time_rounds  # noqa: E402  (this folder: the same timed loop for every engine)
+
 CONFIGS = ("loop", "batched", "flower-node", "flower-group")
 
 
@@ -51,24 +53,6 @@ def scenario_for(sites: int, per_node: int, batching: str, device: str, engine: 
         "engine": {"name": engine, "device": device, "batching": batching, "num-cpus": 1,
                    "num-gpus": 0.25 if device == "cuda" and engine == "flower" else 0.0},  # 4 nodes share a GPU
     })
-
-
-def time_rounds(scenario, engine, rounds: int, warmup: int) -> list[float]:
-    """Seconds of each timed round (after `warmup` untimed ones), the server's step included."""
-    from fedgan.engine import load_federation_data, resolve_device
-    from fedgan.federation import GeneratorServer
-
-    train = load_federation_data(scenario).train
-    server = GeneratorServer(scenario, engine.open(), train.image_shape, train.num_classes,
-                             resolve_device(scenario.engine.device))
-    for _ in range(warmup):
-        server.step(engine)
-    seconds = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        server.step(engine)
-        seconds.append(time.perf_counter() - started)
-    return seconds
 
 
 def per_node(config: str, sites: int, nodes: int) -> int:
