@@ -1,1 +1,1 @@
-"""The Flower ClientApp: one site of the federation (its shard, discriminator and local steps)."""
+"""The Flower ClientApp: one node of the federation, hosting one site or a site group."""

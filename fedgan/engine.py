@@ -3,10 +3,10 @@
 The round loop (`fedgan.federation`) only ever calls a `SiteEngine`. Three implementations serve it:
 - `InProcessEngine` (here): the sites are `Site` objects in this process; for tests, for measuring Flower's
   overhead, and for quick CPU runs;
-- `server.engine.FlowerEngine`: the same `Site` code inside a Flower ClientApp, reached with Flower messages
-  over the Ray simulation engine (or the deployment engine);
-- a batched engine (later): many sites' discriminators stacked on one GPU.
-Every engine must give the same numbers for the same scenario and seed (a test checks in-process vs Flower).
+- `fedgan.batched_engine.BatchedEngine`: the sites as site groups (`fedgan.site_group`), stacked discriminators;
+- `server.engine.FlowerEngine`: the same site code inside a Flower ClientApp (one site group per node), reached
+  with Flower messages over the Ray simulation engine (or the deployment engine).
+Every engine must give the same numbers for the same scenario and seed (tests compare them with in-process).
 """
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""The Flower ServerApp: the central generator, the round loop, aggregation (and, later, forget requests)."""
+"""The Flower ServerApp and FlowerEngine: the round loop of `fedgan` driven over Flower messages."""
