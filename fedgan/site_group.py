@@ -196,11 +196,6 @@ class SiteGroup:
         """A copy of site `index`'s state in `Site.state_dict` form (snapshots and checkpoints share one format)."""
         return copy.deepcopy(self.materialise(index).state_dict())  # its tensors are views of the stacked state
 
-    def load_state_dict_of(self, index: int, state: dict[str, Any]) -> None:
-        """Restore site `index` from a `Site.state_dict`."""
-        self.sites[index].load_state_dict(state)
-        self.absorb(index)
-
     def materialise(self, index: int) -> Site:
         """Site `index`'s `Site`, seeing the stacked state: its D's parameters and its Adam moments are views of
         the group's stacked tensors (so its own code updates them in place), and its Adam step is the group's."""
