@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedgan.engine import InProcessEngine  # noqa: E402
-from fedgan.experiment import prepare  # noqa: E402
 from fedgan.federation import GeneratorServer  # noqa: E402
+from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import load_scenario  # noqa: E402
 from fedgan.unlearning.orchestrator import ForgetService  # noqa: E402
 

@@ -34,9 +34,10 @@ from bench.cascade_ablation import parse_variant as parse_overrides  # noqa: E40
 from fedgan.engine import InProcessEngine, resolve_device  # noqa: E402
 from fedgan.evaluation.metrics import fid_lenet  # noqa: E402
 from fedgan.evaluation.mixture import headline, mixture_report  # noqa: E402
-from fedgan.experiment import held_labels, mixture_truth, prepare, real_reference  # noqa: E402
+from fedgan.experiment import held_labels, mixture_truth, real_reference  # noqa: E402
 from fedgan.federation import GeneratorServer  # noqa: E402
 from fedgan.models import ModelSpec  # noqa: E402
+from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import Scenario, TrainingConfig, load_scenario  # noqa: E402
 from fedgan.storage import atomic_write_json, atomic_write_text  # noqa: E402
 

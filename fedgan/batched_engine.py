@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fedgan.engine import SiteIds, SiteInfo, StageOrder, Traffic, build_site, payload_bytes, resolve_device
+from fedgan.engine import (
+    SiteIds,
+    SiteInfo,
+    SitesSnapshot,
+    StageOrder,
+    Traffic,
+    build_site,
+    payload_bytes,
+    resolve_device,
+)
 from fedgan.site import SiteReply
 from fedgan.site_group import SiteGroup
 
@@ -32,8 +41,13 @@ class BatchedEngine:
 
     name = "batched"
 
-    def __init__(self, scenario: Scenario, device: torch.device | str | None = None) -> None:
+    def __init__(self, scenario: Scenario, device: torch.device | str | None = None,
+                 group_size: int | None = None) -> None:
         self.scenario = scenario
+        # Sites per group: `sites.per-node` (1: one group of all), or as given (a Flower federation's nodes).
+        self.sizes = ([min(group_size, scenario.sites.count - start)
+                       for start in range(0, scenario.sites.count, group_size)] if group_size
+                      else group_sizes(scenario.sites.count, scenario.sites.per_node))
         self.device = resolve_device(scenario.engine.device) if device is None else torch.device(device)
         self.groups: list[SiteGroup] = []
         self._where: dict[int, tuple[SiteGroup, int]] = {}
@@ -45,7 +59,7 @@ class BatchedEngine:
         for site_id, ids in (forgotten or {}).items():
             sites[site_id].shard.forget(np.asarray(ids, dtype=np.int64))
         self.groups, start = [], 0
-        for size in group_sizes(len(sites), self.scenario.sites.per_node):
+        for size in self.sizes:
             self.groups.append(SiteGroup(sites[start:start + size], self.scenario.engine.batching))
             start += size
         self._where = {site_id: (group, k) for group in self.groups for k, site_id in enumerate(group.site_ids)}
@@ -64,6 +78,15 @@ class BatchedEngine:
 
     def discard(self, tag: str) -> None:
         self._snapshots.pop(tag, None)
+
+    def export_snapshot(self, tag: str) -> SitesSnapshot:
+        return SitesSnapshot(groups=[SiteGroup.serialise_state(state) for state in self._snapshots[tag]],
+                             group_size=self.sizes[0])
+
+    def load_snapshot(self, snapshot: SitesSnapshot) -> None:
+        """Every group takes the state of an exported snapshot (a proof worker starting from the federation's)."""
+        for group, data in zip(self.groups, snapshot.groups, strict=True):
+            group.load_group_state_bytes(data)
 
     def exclude(self, orders: SiteIds) -> None:
         for site_id, ids in orders.items():

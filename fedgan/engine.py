@@ -57,6 +57,17 @@ class StageOrder:
 SiteIds = dict[int, np.ndarray]
 
 
+@dataclass(frozen=True)
+class SitesSnapshot:
+    """Every site's state kept under one tag, as bytes another process's engine can load (a proof worker):
+    one `Site.state_bytes` per site (`sites`, from `InProcessEngine`), or one `SiteGroup` state per group of
+    `sites.per-node` consecutive sites (`groups`, from the batched engine and from Flower nodes' state files)."""
+
+    sites: dict[int, bytes] | None = None
+    groups: list[bytes] | None = None
+    group_size: int = 0  # sites per group (the last group may hold fewer)
+
+
 class SiteEngine(Protocol):
     """What the server loop needs from whatever runs the sites."""
 
@@ -77,6 +88,10 @@ class SiteEngine(Protocol):
 
     def discard(self, tag: str) -> None:
         """Every site drops the state it kept under `tag`."""
+        ...
+
+    def export_snapshot(self, tag: str) -> SitesSnapshot | None:
+        """The states every site keeps under `tag`, for a proof worker; None where the engine cannot reach them."""
         ...
 
     def exclude(self, orders: SiteIds) -> None:
@@ -211,6 +226,14 @@ class InProcessEngine:
 
     def discard(self, tag: str) -> None:
         self._snapshots.pop(tag, None)
+
+    def export_snapshot(self, tag: str) -> SitesSnapshot:
+        return SitesSnapshot(sites=dict(self._snapshots[tag]))
+
+    def load_snapshot(self, snapshot: SitesSnapshot) -> None:
+        """Every site takes the state of an exported snapshot (a proof worker starting from the federation's)."""
+        for site in self.sites:
+            site.load_state_bytes(snapshot.sites[site.site_id])
 
     def exclude(self, orders: SiteIds) -> None:
         for site_id, ids in orders.items():

@@ -17,36 +17,18 @@ import numpy as np
 import torch
 
 from fedgan.datasets import DatasetSplits
-from fedgan.engine import SiteEngine, load_federation_data, load_full_data, resolve_device, site_positions
-from fedgan.evaluation.classifier import Evaluator, load_or_train_evaluator
+from fedgan.engine import SiteEngine, resolve_device, site_positions
+from fedgan.evaluation.classifier import Evaluator
 from fedgan.evaluation.metrics import evaluate_generator_samples
 from fedgan.evaluation.mixture import disjoint_site_labels, headline, mixture_report, mode_counts
 from fedgan.federation import GeneratorServer, RoundRecord
+from fedgan.preparation import prepare
 from fedgan.results import RunRecorder
 from fedgan.scenario import Scenario
 from fedgan.unlearning.orchestrator import ForgetService
+from fedgan.unlearning.proof import ProofPool
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
-
-
-def prepare(scenario: Scenario) -> tuple[DatasetSplits, Evaluator]:
-    """Load the data, check the partition, and get the evaluator: everything that can fail on bad input."""
-    splits = load_federation_data(scenario)
-    site_positions(scenario)  # raises on a contradictory partition before anything is written
-    evaluator = evaluator_for(scenario, load_full_data(scenario))
-    return splits, evaluator
-
-
-def evaluator_for(scenario: Scenario, splits: DatasetSplits) -> Evaluator:
-    """The cached LeNet-style evaluator of this dataset (trained once on its training split)."""
-    train, test = splits.train, splits.test
-    mixed = train.sources is not None and test.sources is not None
-    key = f"{train.name}-{train.num_classes}c{'-modes' if mixed else ''}-{'x'.join(map(str, train.image_shape))}"
-    return load_or_train_evaluator(
-        key, train.float_images(), train.labels, test.float_images(), test.labels, train.num_classes,
-        seed=0, epochs=scenario.evaluation.evaluator_epochs,
-        train_sources=train.sources if mixed else None, test_sources=test.sources if mixed else None,
-    )
 
 
 def real_reference(splits: DatasetSplits, count: int, labels: np.ndarray | None = None) -> torch.Tensor:
@@ -125,8 +107,11 @@ def run_experiment(
     *,
     progress: ProgressFn | None = None,
     prepared: tuple[DatasetSplits, Evaluator] | None = None,
+    proofs: ProofPool | None = None,
 ) -> dict[str, Any]:
-    """Train the scenario's federation through `engine`, write the run directory, return the summary."""
+    """Train the scenario's federation through `engine`, write the run directory, return the summary.
+
+    Forget requests' proofs run on `proofs` (workers, concurrently with the training) or, without it, in line."""
     splits, evaluator = prepared or prepare(scenario)
     started = time.perf_counter()
     sites = engine.open()
@@ -134,7 +119,7 @@ def run_experiment(
     server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, device)
     recorder = RunRecorder(out_dir, scenario)
     recorder.start(splits, evaluator, sites)
-    forget_service = ForgetService(scenario, splits, evaluator, out_dir, log=recorder.log)
+    forget_service = ForgetService(scenario, splits, evaluator, out_dir, log=recorder.log, proofs=proofs)
     truth = mixture_truth(scenario, splits)
     reference_labels = held_labels(server)  # fixed at the start: forgetting a class does not move the yardstick
     e = scenario.evaluation
@@ -153,6 +138,7 @@ def run_experiment(
         requests = forget_service.due(round_index)
         if requests:
             forget_service.serve(server, engine, requests, round_index)
+        forget_service.collect()  # certificates of proofs that have finished meanwhile
         # ---------------- periodic evaluation ----------------
         if e.every and round_index % e.every == 0 and round_index < rounds:
             metrics = evaluate(server, evaluator, splits, e.samples, f"round-{round_index}", truth,
@@ -169,6 +155,7 @@ def run_experiment(
         recorder.save_mixture(final["mixture"])
     recorder.save_grid(*grid_samples(server, e.grid_per_class), "samples_final.png")
     recorder.save_checkpoint(server, engine)
+    forget_service.collect(wait=True)  # every proof still running: the summary holds every certificate
     summary = recorder.finish(
         final=final,
         unlearning=forget_service.results,

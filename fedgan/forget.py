@@ -263,13 +263,18 @@ def _plain(value: Any) -> Any:
 
 
 class ForgetLedger:
-    """Every forget request and its state (received -> running -> done | refused), with timings and certificate.
+    """Every forget request and its state, with timings and certificate:
+    received -> running -> done -> certified | proof-failed, or -> refused from received or running.
 
-    The file is the truth: every method re-reads it, so a restarted server resumes from exactly what was written.
+    `done`: the federation has forgotten (the chosen method ran; the ids are deleted). `certified`: the proof
+    (retrain, the other methods, the measurements) finished and the certificate is stored; `proof-failed`: the
+    proof could not finish, with the reason (the federation has still forgotten). The file is the truth: every
+    method re-reads it, so a restarted server resumes from exactly what was written.
     """
 
-    STATES = ("received", "running", "done", "refused")
-    _NEXT = {"received": ("running", "refused"), "running": ("done", "refused")}
+    STATES = ("received", "running", "done", "certified", "proof-failed", "refused")
+    FORGOTTEN = ("done", "certified", "proof-failed")  # the states in which the items are gone
+    _NEXT = {"received": ("running", "refused"), "running": ("done", "refused"), "done": ("certified", "proof-failed")}
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -294,7 +299,7 @@ class ForgetLedger:
 
     def mark(self, request_id: str, state: str, **fields: Any) -> None:
         """Append a state change with extra fields (e.g. ``reason``, ``forget_ids={site: ids}``, ``certificate``).
-        Only received -> running | refused and running -> done | refused are legal; others raise ValueError."""
+        Only the transitions of the class docstring are legal; others raise ValueError."""
         if state not in self.STATES:
             raise ValueError(f"unknown state {state!r}; use one of {', '.join(self.STATES)}")
         view = self.states().get(request_id)
@@ -353,10 +358,12 @@ class ForgetLedger:
         return entries
 
     def states(self) -> dict[str, dict[str, Any]]:
-        """request_id -> merged view: `state`, `request`, every field, `received_at`/`started_at`/`finished_at`
-        and `seconds` (finished - started). A refused request received again starts a fresh view."""
+        """request_id -> merged view: `state`, `request`, every field, `received_at`/`started_at`/`finished_at`/
+        `proved_at`, `seconds` (finished - started: how long the federation was busy with it) and
+        `proof_seconds` (proved - finished). A refused request received again starts a fresh view."""
         views: dict[str, dict[str, Any]] = {}
-        stamps = {"received": "received_at", "running": "started_at", "done": "finished_at", "refused": "finished_at"}
+        stamps = {"received": "received_at", "running": "started_at", "done": "finished_at", "refused": "finished_at",
+                  "certified": "proved_at", "proof-failed": "proved_at"}
         for entry in self.entries():
             request_id, state = entry["request_id"], entry["state"]
             if state == "received":
@@ -367,13 +374,15 @@ class ForgetLedger:
             view[stamps[state]] = entry["time"]
             if state in ("done", "refused") and "started_at" in view:
                 view["seconds"] = view["finished_at"] - view["started_at"]
+            if state in ("certified", "proof-failed"):
+                view["proof_seconds"] = view["proved_at"] - view["finished_at"]
         return views
 
     def forgotten_ids(self) -> dict[int, set[int]]:
-        """site -> every id forgotten by a done request (from the ``forget_ids`` field stored when marking done)."""
+        """site -> every id forgotten by a served request (the ``forget_ids`` field stored when marking done)."""
         forgotten: dict[int, set[int]] = {}
         for view in self.states().values():
-            if view["state"] == "done":
+            if view["state"] in self.FORGOTTEN:
                 for site, ids in view.get("forget_ids", {}).items():
                     forgotten.setdefault(int(site), set()).update(int(i) for i in ids)
         return forgotten

@@ -120,6 +120,10 @@ class UnlearningConfig:
     `drop_class_weight`: for class requests, the server zeroes the requesting sites' weights for the class
     (w_s(c) -> 0) before the cascade instead of after it. The first method listed (other than retrain) is the one
     the federation continues from; `retrain` is the gold standard every other method is compared with.
+
+    Proofs (`fedgan.unlearning.proof`): the other methods, retrain and every measurement run on `proof_workers`
+    Ray workers ("auto": one per `proof_threads` CPU threads of this machine; 0: in line, the federation waits),
+    each with `proof_threads` torch threads and a `proof_gpus` share of a GPU.
     """
 
     # Defaults chosen by bench/cascade_ablation.py on class-forget.toml (bench/README.md).
@@ -138,6 +142,9 @@ class UnlearningConfig:
     eval_samples: int = 2000
     downstream_samples: int = 3000
     downstream_epochs: int = 2
+    proof_workers: Any = "auto"
+    proof_threads: int = 1
+    proof_gpus: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -401,6 +408,12 @@ def _validate_unlearning(s: Scenario) -> None:
     _require(u.impair_lr_scale > 0, "unlearning.impair-lr-scale", f"got {u.impair_lr_scale}", "use a positive factor")
     _require(u.generator_lr_scale > 0, "unlearning.generator-lr-scale", f"got {u.generator_lr_scale}",
              "use a positive factor (1 = G's training learning rate)")
+    workers = u.proof_workers
+    _require(workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0),
+             "unlearning.proof-workers", f"got {workers!r}", 'use "auto", 0 (in line) or a number of Ray workers')
+    _require(u.proof_threads >= 1, "unlearning.proof-threads", f"got {u.proof_threads}", "use a positive integer")
+    _require(0 <= u.proof_gpus <= 1, "unlearning.proof-gpus", f"got {u.proof_gpus}",
+             "use a GPU share in [0, 1] (0: the workers run on the CPU)")
     label = u.fake_label
     numeric = isinstance(label, (int, float)) and not isinstance(label, bool)
     _require((numeric and 0 <= label <= 1) or label == "generated", "unlearning.fake-label", f"got {label!r}",

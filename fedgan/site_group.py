@@ -257,15 +257,18 @@ class SiteGroup:
     def save_state(self, handle: BinaryIO) -> None:
         """The group's state written with torch.save, every tensor on the CPU (loads with weights_only). The live
         tensors are written as they are (no copy): call it between rounds."""
-        state = {
-            "params": self.params, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
-            "adam_steps": self.adam_steps,
-            "sites": [{"rng": site.rng.get_state(), "steps": site.steps,
-                       "forgotten": torch.tensor(sorted(site.shard.forgotten), dtype=torch.int64),
-                       "excluded": torch.tensor(sorted(site.shard.excluded), dtype=torch.int64)}
-                      for site in self.sites],
-        }
-        torch.save(to_cpu(state) if self.device.type != "cpu" else state, handle)
+        state = {"params": self.params, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
+                 "adam_steps": self.adam_steps,
+                 "sites": [{"rng": site.rng.get_state(), "steps": site.steps, "forgotten": site.shard.forgotten,
+                            "excluded": site.shard.excluded} for site in self.sites]}
+        torch.save(_saved_form(state, on_cpu=self.device.type == "cpu"), handle)
+
+    @staticmethod
+    def serialise_state(state: dict[str, Any]) -> bytes:
+        """A `group_state` copy in `save_state`'s format (what `load_group_state_bytes` reads)."""
+        buffer = io.BytesIO()
+        torch.save(_saved_form(state, on_cpu=False), buffer)
+        return buffer.getvalue()
 
     def group_state_bytes(self) -> bytes:
         """`save_state` into bytes."""
@@ -286,3 +289,13 @@ class SiteGroup:
             saved["forgotten"] = {int(i) for i in saved["forgotten"].tolist()}
             saved["excluded"] = {int(i) for i in saved["excluded"].tolist()}
         self.load_group_state(state)
+
+
+def _saved_form(state: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
+    """A group state as torch.save writes it: id sets as sorted int64 tensors, every tensor on the CPU."""
+    saved = {key: state[key] for key in ("params", "exp_avg", "exp_avg_sq", "adam_steps")}
+    saved["sites"] = [{"rng": site["rng"], "steps": site["steps"],
+                       "forgotten": torch.tensor(sorted(site["forgotten"]), dtype=torch.int64),
+                       "excluded": torch.tensor(sorted(site["excluded"]), dtype=torch.int64)}
+                      for site in state["sites"]]
+    return saved if on_cpu else to_cpu(saved)

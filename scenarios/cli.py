@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="override compare.seeds, e.g. 0,1")
     run.add_argument("--jobs", type=int, default=1,
                      help="with [compare]: run this many variants at once, each in its own process (e.g. on a GPU)")
+    run.add_argument("--proof-workers", help="override unlearning.proof-workers: Ray workers for the proofs of "
+                     "forgetting (auto, or a number; 0 runs them in line while the federation waits)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     check = commands.add_parser("check", help="validate a scenario and its data without training")
     check.add_argument("scenario", help="a scenario file, or the name of a shipped one")
@@ -66,13 +68,22 @@ def _csv(text: str | None, kind: type, flag: str) -> tuple | None:
         raise FedganError(flag, f"got {text!r}", "give a comma-separated list, e.g. 0,1") from None
 
 
+def _proof_workers(text: str | None) -> str | int | None:
+    if text is None or text == "auto":
+        return text
+    if not text.isdigit():
+        raise FedganError("--proof-workers", f"got {text!r}", "use auto, 0 (in line) or a number of workers")
+    return int(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fedgan.scenario import load_scenario
     from scenarios.runner import default_out_dir, run_scenario, with_overrides
 
     scenario = with_overrides(load_scenario(args.scenario), engine=args.engine, rounds=args.rounds,
                               data_root=args.data_root, aggregators=_csv(args.aggregators, str, "--aggregators"),
-                              seeds=_csv(args.seeds, int, "--seeds"))
+                              seeds=_csv(args.seeds, int, "--seeds"),
+                              proof_workers=_proof_workers(args.proof_workers))
     if args.jobs < 1:
         raise FedganError("--jobs", f"got {args.jobs}", "use 1 or more")
     out = Path(args.out) if args.out else default_out_dir(scenario)

@@ -16,7 +16,8 @@ from fedgan.batched_engine import BatchedEngine
 from fedgan.engine import InProcessEngine
 from fedgan.errors import FedganError
 from fedgan.evaluation.plots import plot_mixture_shares
-from fedgan.experiment import ProgressFn, prepare, run_experiment
+from fedgan.experiment import ProgressFn, run_experiment
+from fedgan.preparation import prepare
 from fedgan.protocol import num_nodes
 from fedgan.results import mixture_markdown
 from fedgan.scenario import Scenario
@@ -33,8 +34,10 @@ FLOWER_ENV = {
 
 def with_overrides(scenario: Scenario, *, engine: str | None = None, rounds: int | None = None,
                    data_root: str | None = None, aggregators: tuple[str, ...] | None = None,
-                   seeds: tuple[int, ...] | None = None) -> Scenario:
+                   seeds: tuple[int, ...] | None = None, proof_workers: str | int | None = None) -> Scenario:
     """The scenario with command-line overrides applied (and re-validated)."""
+    if proof_workers is not None:
+        scenario = scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, proof_workers=proof_workers))
     if aggregators is not None:
         scenario = scenario.replace(compare=dataclasses.replace(scenario.compare, aggregators=aggregators))
     if seeds is not None:
@@ -61,8 +64,10 @@ def default_out_dir(scenario: Scenario) -> Path:
 
 def run_inprocess(scenario: Scenario, out: Path, progress: ProgressFn | None, prepared: Any) -> dict[str, Any]:
     """An engine in this process: the same loop and site code, no Flower (`inprocess`, or `batched` groups)."""
+    from server.proof_workers import proof_pool
+
     engine = BatchedEngine(scenario) if scenario.engine.name == "batched" else InProcessEngine(scenario)
-    return run_experiment(scenario, engine, out, progress=progress, prepared=prepared)
+    return run_experiment(scenario, engine, out, progress=progress, prepared=prepared, proofs=proof_pool(scenario))
 
 
 def run_flower(scenario: Scenario, out: Path, progress: ProgressFn | None,

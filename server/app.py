@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedgan.experiment import ProgressFn, run_experiment
 from fedgan.scenario import Scenario, load_scenario
 from server.engine import NODE_STATE_DIR, FlowerEngine
+from server.proof_workers import proof_pool
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENARIO = "smoke"
@@ -37,7 +38,7 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         engine = FlowerEngine(grid, scenario, wire_log, state_dir=Path(out_dir) / NODE_STATE_DIR)
-        summary = run_experiment(scenario, engine, out_dir, progress=progress)
+        summary = run_experiment(scenario, engine, out_dir, progress=progress, proofs=proof_pool(scenario))
         if on_done is not None:
             on_done(summary)
 
@@ -65,5 +66,6 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point of `flwr run .`: the scenario named in the run config, through Flower."""
     scenario, out_dir = _scenario_from_run_config(dict(context.run_config))
     print(f"fedgan: scenario {scenario.name!r}, {scenario.sites.count} sites, writing {out_dir}", flush=True)
-    summary = run_experiment(scenario, FlowerEngine(grid, scenario, state_dir=out_dir / NODE_STATE_DIR), out_dir)
+    engine = FlowerEngine(grid, scenario, state_dir=out_dir / NODE_STATE_DIR)
+    summary = run_experiment(scenario, engine, out_dir, proofs=proof_pool(scenario))
     print(f"fedgan: done in {summary['wall_seconds']:.1f} s, FID_LeNet {summary['fid_lenet']:.2f}", flush=True)

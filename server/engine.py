@@ -18,7 +18,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedgan import protocol as P
-from fedgan.engine import SiteIds, SiteInfo, StageOrder, Traffic
+from fedgan.engine import SiteIds, SiteInfo, SitesSnapshot, StageOrder, Traffic
+from fedgan.node_state import NodeStateStore, node_folder
 from fedgan.scenario import Scenario
 from fedgan.site import SiteReply
 from server.simulation_latency import notify_pushed
@@ -204,6 +205,20 @@ class FlowerEngine:
 
     def discard(self, tag: str) -> None:
         self._all_nodes(P.DISCARD, {P.TAG: tag})
+
+    def export_snapshot(self, tag: str) -> SitesSnapshot | None:
+        """The nodes' snapshot files under the run directory (a simulation: the simulator's referee reads them for
+        a proof worker; no message carries them). None when a node keeps its state elsewhere (its own
+        ``state-dir``, a SuperNode on another machine): the proofs then run in line."""
+        if self.state_dir is None:
+            return None
+        groups = []
+        for partition in range(P.num_nodes(self.scenario.sites.per_node, self.scenario.sites.count)):
+            path = NodeStateStore(node_folder(self.state_dir, partition)).path(tag)
+            if not path.is_file():
+                return None
+            groups.append(path.read_bytes())
+        return SitesSnapshot(groups=groups, group_size=self.scenario.sites.per_node)
 
     def _by_node(self, orders: dict[int, Any]) -> dict[int, dict[int, Any]]:
         """Per-site orders grouped by the node that hosts each site."""

@@ -191,7 +191,32 @@ def test_ledger_times_each_request_from_running_to_done(tmp_path, monkeypatch):
     assert view["seconds"] == 42.5
 
 
-@pytest.mark.parametrize("path", [("done",), ("received",), ("running", "done", "running"), ("refused", "done")])
+def test_a_done_request_is_then_certified_or_its_proof_failed_and_its_items_stay_forgotten(tmp_path, monkeypatch):
+    # Prepare: a clock for receipt, start, done (the federation forgot) and the proof's end.
+    clock = iter([100.0, 130.0, 140.0, 200.0, 300.0, 310.0, 320.0, 330.0])
+    monkeypatch.setattr("fedgan.forget.time", SimpleNamespace(time=lambda: next(clock)))
+    ledger = ForgetLedger(tmp_path / "ledger.jsonl")
+    first, _ = ledger.receive(ForgetRequest(site=0, items=(1, 2)))
+    ledger.mark(first, "running")
+    ledger.mark(first, "done", forget_ids={0: [1, 2]})
+
+    # Execute
+    ledger.mark(first, "certified", certificate=[{"method": "cascaded"}])
+    second, _ = ledger.receive(ForgetRequest(site=1, items=(5,)))
+    ledger.mark(second, "running")
+    ledger.mark(second, "done", forget_ids={1: [5]})
+    ledger.mark(second, "proof-failed", reason="retrain: worker died")
+
+    # Assert: the federation's time and the proof's time apart; both requests' items count as forgotten.
+    views = ledger.states()
+    assert views[first]["state"] == "certified" and views[first]["seconds"] == 10.0
+    assert views[first]["proof_seconds"] == 60.0
+    assert views[second]["state"] == "proof-failed" and views[second]["reason"] == "retrain: worker died"
+    assert ledger.forgotten_ids() == {0: {1, 2}, 1: {5}}
+
+
+@pytest.mark.parametrize("path", [("done",), ("received",), ("running", "done", "running"), ("refused", "done"),
+                                  ("running", "certified"), ("running", "done", "certified", "proof-failed")])
 def test_illegal_transition_raises(tmp_path, path):
     # Prepare: a received request taken along the legal part of `path`.
     ledger = ForgetLedger(tmp_path / "ledger.jsonl")

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from fedgan.engine import InProcessEngine, site_positions
-from fedgan.experiment import prepare, run_experiment
+from fedgan.experiment import run_experiment
 from fedgan.federation import GeneratorServer
 from fedgan.forget import ForgetLedger, ForgetRequest, drop_request, resolve_request
+from fedgan.preparation import prepare
 from fedgan.unlearning import METHODS, UnlearningJob
 from fedgan.unlearning.intake import RequestIntake
 from fedgan.unlearning.measurement import ForgettingProbe
@@ -77,7 +78,7 @@ def test_every_method_serves_a_class_request_and_is_certified_against_retrain(me
     forgotten = set(_checkpoint_sites(tmp_path)[0]["forgotten"].tolist())
     assert forgotten == set(_ids_of_class(scenario, 0, klass))
     state = ForgetLedger(tmp_path / "ledger.jsonl").states()
-    assert [s["state"] for s in state.values()] == ["done"]
+    assert [s["state"] for s in state.values()] == ["certified"]
     assert next(iter(state.values()))["certificate"][0]["fid_lenet_retained"] == entry["fid_lenet_retained"]
     assert (tmp_path / "unlearning.md").read_text().count(method) >= 1
 
@@ -216,7 +217,7 @@ def test_bad_requests_are_refused_with_a_reason_and_duplicates_are_idempotent(tm
     # Assert
     states = ForgetLedger(tmp_path / "ledger.jsonl").states()
     refused = [s for s in states.values() if s["state"] == "refused"]
-    done = [s for s in states.values() if s["state"] == "done"]
+    done = [s for s in states.values() if s["state"] == "certified"]
     assert len(refused) == 2 and len(done) == 1
     assert any("does not hold item" in s["reason"] for s in refused)
     assert any(f"no item of class {missing_class}" in s["reason"] for s in refused)

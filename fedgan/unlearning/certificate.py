@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from fedgan.evaluation.forgetting import with_retrain_gap
 from fedgan.forget import ForgetRequest
 
@@ -21,7 +19,11 @@ CERTIFIED = ("forget_class_rate", "fid_lenet_retained", "kid_retained", "downstr
 
 @dataclass
 class MethodOutcome:
-    """What one method did to the federation: its cost, its measurement, and the state it left (to continue from)."""
+    """What one method did to the federation (its cost and its measurement), or one measurement alone (rounds 0).
+
+    `started_at` / `finished_at` (wall clock) and `worker` say where and when it ran: a proof worker's host:pid,
+    or ``inline`` for the federation's own process.
+    """
 
     name: str
     reference: bool
@@ -29,10 +31,10 @@ class MethodOutcome:
     rounds: int
     bytes: int
     details: dict[str, Any]
-    server_state: dict[str, Any]
-    class_counts: np.ndarray
-    site_tag: str
     metrics: dict[int, dict[str, Any]]  # request index -> measured metrics after this method
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    worker: str = "inline"
 
 
 def certificate(request: ForgetRequest, index: int, before: dict[int, dict[str, Any]], outcome: MethodOutcome,
@@ -43,9 +45,17 @@ def certificate(request: ForgetRequest, index: int, before: dict[int, dict[str, 
     entry.update(with_retrain_gap(before[index], outcome.metrics[index], reference_metrics, CERTIFIED))
     entry.update({"seconds": outcome.seconds, "rounds": outcome.rounds, "bytes": outcome.bytes,
                   "details": outcome.details})
+    entry["ran"] = where_and_when(outcome)  # proof workers overlap in time: the ledger shows it
+    if reference is not None:
+        entry["retrain_ran"] = where_and_when(reference)
     if reference is not None:
         entry["retrain_seconds"] = reference.seconds
         entry["retrain_rounds"] = reference.rounds
         entry["speedup_vs_retrain"] = reference.seconds / max(outcome.seconds, 1e-9)
         entry["speedup_rounds_vs_retrain"] = reference.rounds / max(outcome.rounds, 1)
     return entry
+
+
+def where_and_when(outcome: MethodOutcome) -> dict[str, Any]:
+    """The worker an outcome ran on and its wall-clock start and end."""
+    return {"worker": outcome.worker, "started_at": outcome.started_at, "finished_at": outcome.finished_at}

@@ -78,3 +78,8 @@ def union(batch: list[Resolution]) -> SiteIds:
         for site, ids in resolution.forget_ids.items():
             merged.setdefault(site, set()).update(map(int, ids))
     return {site: np.asarray(sorted(ids), dtype=np.int64) for site, ids in sorted(merged.items())}
+
+
+def forget_classes(batch: list[Resolution]) -> tuple[int, ...]:
+    """Every class a batch of requests forgets, sorted."""
+    return tuple(sorted({c for resolution in batch for c in resolution.forget_classes}))

@@ -1,18 +1,21 @@
 """Serving forget requests on a running federation: requests -> ledger -> methods -> certificates.
 
 At a round boundary, `ForgetService.serve` admits the requests due (`intake.RequestIntake`: ledger, duplicates,
-refusals) and serves the accepted ones together (their site-side stages run in one engine call). It measures the
-federation once (`measurement.ForgettingProbe`), keeps a snapshot (the server's state here, each site's state at
-the site), and runs every method of `[unlearning] methods` from that snapshot, measuring each. The federation then
-continues from the first method that is not the reference (retrain's result when retrain ran alone), and each
-request's certificate (`certificate.certificate`: every metric before, after each method, and for retrain, with
-the gap to retrain and the speed-up) goes into the ledger and the summary.
+refusals) and serves the accepted ones together as one batch (their site-side stages run in one engine call). The
+federation runs the chosen method — the first of `[unlearning] methods` that is not the reference (retrain when
+retrain is alone) — and continues from its result; the request is then `done`. Its proof is everything else the
+certificate needs: the measurement before (`measurement.ForgettingProbe`), the measurement after the chosen method,
+every other method run from the snapshot taken before the request, and retrain from scratch. With a proof pool
+(`proof.ProofPool`, Ray workers) the proof runs on copies of the federation (`proof.ProofTask`) while the
+federation trains on; without one, or where the engine cannot export the sites' snapshot, it runs in line and the
+federation waits. When the proof is complete, each request's certificate (`certificate.certificate`: every metric
+before, after each method, and for retrain, with the gap to retrain and the speed-up) goes into the ledger
+(`certified`, or `proof-failed` with the reason) and the summary.
 """
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +27,40 @@ from fedgan.evaluation.classifier import Evaluator
 from fedgan.federation import GeneratorServer
 from fedgan.forget import ForgetLedger, ForgetRequest, Resolution
 from fedgan.scenario import Scenario
-from fedgan.unlearning.base import METHODS, UnlearningJob, UnlearningMethod
-from fedgan.unlearning.certificate import MethodOutcome, certificate
-from fedgan.unlearning.intake import RequestIntake, union
+from fedgan.unlearning.base import METHODS, UnlearningJob
+from fedgan.unlearning.certificate import MethodOutcome, certificate, where_and_when
+from fedgan.unlearning.intake import RequestIntake, forget_classes, union
 from fedgan.unlearning.measurement import ForgettingProbe
+from fedgan.unlearning.proof import (
+    ProofPool,
+    ProofTask,
+    load_server_snapshot,
+    proof_environment,
+    run_method,
+    server_snapshot,
+)
 
 LEDGER_FILE = "ledger.jsonl"
 
 LogFn = Callable[[dict[str, Any]], None]
 
 
+@dataclass
+class PendingProof:
+    """A served batch whose proof is still running: what the federation did, and the proof tasks' results."""
+
+    number: int
+    batch: list[Resolution]
+    chosen: MethodOutcome  # measured by its own proof task (label = its name)
+    expected: set[str]
+    results: dict[str, MethodOutcome | BaseException] = field(default_factory=dict)
+
+
 class ForgetService:
     """Takes forget requests at round boundaries and serves them with the scenario's unlearning methods."""
 
     def __init__(self, scenario: Scenario, splits: DatasetSplits, evaluator: Evaluator, run_dir: str | Path,
-                 log: LogFn | None = None) -> None:
+                 log: LogFn | None = None, proofs: ProofPool | None = None) -> None:
         self.scenario = scenario
         self.config = scenario.unlearning
         self.log = log or (lambda record: None)
@@ -46,7 +68,15 @@ class ForgetService:
         self.intake = RequestIntake(scenario, splits, self.ledger, Path(run_dir), self.log)
         self.probe = ForgettingProbe(scenario, splits, evaluator)
         self.num_classes = splits.train.num_classes
-        self.results: list[dict[str, Any]] = []
+        self.proofs = proofs
+        self._batches = 0
+        self._pending: dict[int, PendingProof] = {}
+        self._certified: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """Every certificate entry so far, in the order of batches, requests and methods (not of completion)."""
+        return [entry for _, entry in sorted(self._certified, key=lambda item: item[0])]
 
     def due(self, round_index: int) -> list[ForgetRequest]:
         """Scheduled requests for this round plus everything dropped into the inbox since the last round."""
@@ -57,64 +87,86 @@ class ForgetService:
         """Record, check and serve `requests` due after training round `round_index`; updates the federation."""
         batch = self.intake.admit(requests)
         if batch:
-            self._serve_batch(server, engine, batch, round_index)
+            self._batches += 1
+            self._serve_batch(server, engine, batch, round_index, self._batches)
+
+    def collect(self, wait: bool = False) -> None:
+        """Certify the batches whose proofs have finished (with `wait`: wait for every proof still running)."""
+        if self.proofs is None or not self._pending:
+            return
+        for task, result in self.proofs.finished(wait):
+            pending = self._pending[task.batch_number]
+            pending.results[task.label] = result
+            if set(pending.results) == pending.expected:
+                del self._pending[task.batch_number]
+                self._conclude(pending)
 
     # ---- one batch of accepted requests ----
-    def _serve_batch(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], round_index: int
-                     ) -> None:
+    def _serve_batch(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], round_index: int,
+                     number: int) -> None:
         for resolution in batch:
             self.ledger.mark(resolution.request.request_id, "running", round=round_index)
         retained = self._retained_classes(batch)
-        before = self.probe.measure(server, engine, batch, "before", retained)
-        tag = f"before-{round_index}"
+        chosen = next((name for name in self.config.methods if not METHODS[name].reference), self.config.methods[0])
+        others = [name for name in self.config.methods if name != chosen]
+        tag = f"before-{number}"
         engine.snapshot(tag)
-        server_before, counts_before = copy.deepcopy(server.state_dict()), server.class_counts.copy()
+        sites = engine.export_snapshot(tag) if self.proofs is not None else None
+        if sites is None:
+            self._serve_in_line(server, engine, batch, round_index, number, retained, chosen, others, tag)
+            return
+        # ---------------- the proof starts on the workers; the federation serves the chosen method ----------------
+        def task(label: str, method: str | None, server_bytes: bytes | None, site_states: Any) -> ProofTask:
+            return ProofTask(number, label, method, self.scenario.to_json(), tuple(batch), tuple(retained),
+                             round_index, self.intake.forgotten_so_far(), server_bytes, site_states,
+                             self.config.proof_threads, proof_environment())
 
-        outcomes: list[MethodOutcome] = []
-        for name in self.config.methods:
+        before = server_snapshot(server)
+        for name in sorted(others, key=lambda n: not METHODS[n].reference):  # retrain, the longest, first
+            fresh = METHODS[name].reference  # retrain starts from round 0: no copy of the federation needed
+            self.proofs.submit(task(name, name, None if fresh else before, None if fresh else sites))
+        self.proofs.submit(task("before", None, before, sites))
+        engine.discard(tag)
+        outcome = run_method(METHODS[chosen](), self._job(server, engine, batch, round_index), None, batch, retained)
+        after_tag = f"after-{number}"
+        engine.snapshot(after_tag)
+        after = engine.export_snapshot(after_tag)
+        engine.discard(after_tag)
+        self.proofs.submit(task(chosen, None, server_snapshot(server), after))
+        self._pending[number] = PendingProof(number, batch, outcome, {"before", chosen, *others})
+        self._mark_done(batch, outcome)
+
+    def _serve_in_line(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution],
+                       round_index: int, number: int, retained: list[int], chosen: str, others: list[str],
+                       tag: str) -> None:
+        """The whole proof here and now, the federation waiting: every other method from the snapshot, then the
+        chosen one, whose result the federation continues from."""
+        before = self.probe.measure(server, engine, batch, "before", retained)
+        saved = server_snapshot(server)
+        outcomes: dict[str, MethodOutcome] = {}
+        for name in others:
+            outcomes[name] = run_method(METHODS[name](), self._job(server, engine, batch, round_index), self.probe,
+                                        batch, retained)
             engine.restore(tag)
-            server.load_state_dict(copy.deepcopy(server_before))
-            server.class_counts = counts_before.copy()
-            job = self._job(server, engine, batch, round_index)
-            outcomes.append(self._run_method(METHODS[name](), job, batch, round_index, retained))
-        chosen = next((o for o in outcomes if not o.reference), outcomes[0])
-        self._continue_from(chosen, server, engine)
-        for stale in [tag] + [o.site_tag for o in outcomes]:
-            engine.discard(stale)  # Flower contexts travel with every message: keep no copy beyond the batch
-        self._certify(batch, before, outcomes)
+            load_server_snapshot(server, saved)
+        engine.discard(tag)  # Flower nodes keep snapshots as files: keep none beyond the batch
+        outcomes[chosen] = run_method(METHODS[chosen](), self._job(server, engine, batch, round_index), self.probe,
+                                      batch, retained)
+        self._mark_done(batch, outcomes[chosen])
+        self._certify(number, batch, before, outcomes)
 
     def _job(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], round_index: int
              ) -> UnlearningJob:
-        forget_classes = tuple(sorted({c for r in batch for c in r.forget_classes}))
-        return UnlearningJob(server, engine, union(batch), forget_classes, self.config, self.probe.labels_of,
+        return UnlearningJob(server, engine, union(batch), forget_classes(batch), self.config, self.probe.labels_of,
                              forgotten_before=self.intake.forgotten_so_far(), training_rounds=round_index)
 
-    def _run_method(self, method: UnlearningMethod, job: UnlearningJob, batch: list[Resolution], round_index: int,
-                    retained: list[int]) -> MethodOutcome:
-        server, engine = job.server, job.engine
-        if self.config.drop_class_weight and job.forget_classes and not method.reference:
-            job.drop_weights()  # w_s(c) -> 0 before the cascade starts
-        bytes_before = engine.traffic.bytes_down + engine.traffic.bytes_up
-        started = time.perf_counter()
-        details = method.run(job)
-        seconds = time.perf_counter() - started
-        spent = engine.traffic.bytes_down + engine.traffic.bytes_up - bytes_before
-        if not method.reference:
-            details["stage_stats"] = job.stage_stats
-        metrics = self.probe.measure(server, engine, batch, method.name, retained)
-        site_tag = f"after-{method.name}-{round_index}"
-        engine.snapshot(site_tag)
-        self.log({"kind": "forget", "event": "method", "method": method.name, "seconds": seconds,
-                  "rounds": job.rounds_used})
-        return MethodOutcome(method.name, method.reference, seconds, job.rounds_used, spent, details,
-                             copy.deepcopy(server.state_dict()), server.class_counts.copy(), site_tag, metrics)
-
-    @staticmethod
-    def _continue_from(chosen: MethodOutcome, server: GeneratorServer, engine: SiteEngine) -> None:
-        """The federation goes on from the chosen method's result: its sites' states and the server's."""
-        engine.restore(chosen.site_tag)
-        server.load_state_dict(copy.deepcopy(chosen.server_state))
-        server.class_counts = chosen.class_counts.copy()
+    def _mark_done(self, batch: list[Resolution], outcome: MethodOutcome) -> None:
+        """The federation has forgotten: the ids are gone and the federation continues from `outcome`."""
+        self.log({"kind": "forget", "event": "method", "method": outcome.name, "seconds": outcome.seconds,
+                  "rounds": outcome.rounds, "worker": outcome.worker})
+        for resolution in batch:
+            self.ledger.mark(resolution.request.request_id, "done", forget_ids=resolution.forget_ids,
+                             method=outcome.name, method_seconds=outcome.seconds, rounds=outcome.rounds)
 
     def _retained_classes(self, batch: list[Resolution]) -> list[int]:
         """Classes some site still holds once the batch is served (a class kept at another holder is retained)."""
@@ -125,12 +177,35 @@ class ForgetService:
         return [c for c in range(self.num_classes) if remaining[c] > 0]
 
     # ---- certificates ----
-    def _certify(self, batch: list[Resolution], before: dict[int, dict[str, Any]], outcomes: list[MethodOutcome]
-                 ) -> None:
-        reference = next((o for o in outcomes if o.reference), None)
-        certified = [o for o in outcomes if not o.reference] or outcomes
+    def _conclude(self, pending: PendingProof) -> None:
+        """A batch's proof tasks are all back: its certificates, or proof-failed with the reason."""
+        failed = {label: r for label, r in pending.results.items() if isinstance(r, BaseException)}
+        if failed:
+            reason = "; ".join(f"{label}: {_one_line(error)}" for label, error in sorted(failed.items()))
+            for resolution in pending.batch:
+                self.ledger.mark(resolution.request.request_id, "proof-failed", reason=reason)
+            self.log({"kind": "forget", "event": "proof-failed", "batch": pending.number, "reason": reason})
+            return
+        results: dict[str, Any] = dict(pending.results)
+        tasks = [{"task": label, "seconds": r.seconds, **where_and_when(r)} for label, r in sorted(results.items())]
+        self.log({"kind": "forget", "event": "proof", "batch": pending.number, "tasks": tasks})
+        chosen = replace(pending.chosen, metrics=results.pop(pending.chosen.name).metrics)
+        before = results.pop("before").metrics
+        self._certify(pending.number, pending.batch, before, {chosen.name: chosen, **results}, tasks)
+
+    def _certify(self, number: int, batch: list[Resolution], before: dict[int, dict[str, Any]],
+                 outcomes: dict[str, MethodOutcome], tasks: list[dict[str, Any]] | None = None) -> None:
+        ordered = [outcomes[name] for name in self.config.methods]
+        reference = next((o for o in ordered if o.reference), None)
+        certified = [o for o in ordered if not o.reference] or ordered
         for index, resolution in enumerate(batch):
             entries = [certificate(resolution.request, index, before, o, reference) for o in certified]
-            self.ledger.mark(resolution.request.request_id, "done", forget_ids=resolution.forget_ids,
-                             certificate=entries)
-            self.results.extend(entries)
+            self.ledger.mark(resolution.request.request_id, "certified", certificate=entries,
+                             proof_tasks=tasks or [])
+            self._certified += [((number, index, k), entry) for k, entry in enumerate(entries)]
+
+
+def _one_line(error: BaseException) -> str:
+    """The last line of an error's message (a worker's error arrives with its whole traceback)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
