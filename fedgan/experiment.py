@@ -149,6 +149,10 @@ def run_experiment(
         if progress is not None:
             progress(round_index, rounds, line)
 
+    # ---------------- requests dropped into the inbox during the last round are served before the end ----------------
+    late = forget_service.due(None)
+    if late:
+        forget_service.serve(server, engine, late, rounds)
     final = evaluate(server, evaluator, splits, e.final_samples, "final", truth, reference_labels)
     recorder.log({"kind": "evaluation", "round": rounds, "final": True, **final, **headline(final.get("mixture"))})
     if truth is not None:

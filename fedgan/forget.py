@@ -297,6 +297,14 @@ class ForgetLedger:
                       "request": request.to_dict()})
         return request.request_id, True
 
+    def refuse_unreadable(self, name: str, reason: str) -> str:
+        """Record an inbox file that holds no valid request as refused (its id is derived from the file name), so
+        that every request that reached the federation has an end state in the ledger. Returns the id."""
+        request_id = "inbox-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+        self._append({"request_id": request_id, "state": "refused", "time": time.time(), "file": name,
+                      "reason": reason})
+        return request_id
+
     def mark(self, request_id: str, state: str, **fields: Any) -> None:
         """Append a state change with extra fields (e.g. ``reason``, ``forget_ids={site: ids}``, ``certificate``).
         Only the transitions of the class docstring are legal; others raise ValueError."""

@@ -26,6 +26,7 @@ import torch
 from fedgan import __version__
 from fedgan.datasets import DatasetSplits
 from fedgan.engine import SiteEngine, SiteInfo
+from fedgan.errors import FedganError
 from fedgan.evaluation.classifier import Evaluator
 from fedgan.evaluation.plots import plot_mixture_shares, plot_training_curves, save_sample_grid
 from fedgan.scenario import Scenario
@@ -35,6 +36,16 @@ SUMMARY_FIELDS = (
     "dataset", "num_sites", "aggregator", "rounds", "wall_seconds", "fid_lenet", "kid", "class_histogram",
     "evaluator_accuracy",
 )
+
+
+def refuse_existing_run(out: Path) -> None:
+    """Refuse a run directory that already holds a run: its results, ledger and checkpoint must not be lost or
+    mixed with a new run's (a reused `out` of `flwr run`, or `run_experiment` called twice on one folder)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FedganError("--out", f"{out} is a file", "name a directory (it is created if missing)")
+    if (out / "summary.json").exists() or (out / "metrics.jsonl").exists():
+        raise FedganError("--out", f"{out} already holds a run", "choose a new directory (or delete the old run)")
 
 
 def scenario_to_toml(scenario: Scenario) -> str:
@@ -79,10 +90,10 @@ class RunRecorder:
         self.context: dict[str, Any] = {}
 
     def start(self, splits: DatasetSplits, evaluator: Evaluator, sites: list[SiteInfo]) -> None:
-        """Create the directory and write the resolved scenario before round 1."""
+        """Create the directory and write the resolved scenario before round 1 (never over an earlier run)."""
+        refuse_existing_run(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "scenario.toml", scenario_to_toml(self.scenario))
-        (self.out / "metrics.jsonl").unlink(missing_ok=True)
         counts = np.stack([info.class_counts for info in sites])
         self.context = {
             "dataset": splits.train.name,

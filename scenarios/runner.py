@@ -14,12 +14,11 @@ from typing import Any
 
 from fedgan.batched_engine import BatchedEngine
 from fedgan.engine import InProcessEngine
-from fedgan.errors import FedganError
 from fedgan.evaluation.plots import plot_mixture_shares
 from fedgan.experiment import ProgressFn, run_experiment
 from fedgan.preparation import prepare
 from fedgan.protocol import num_nodes
-from fedgan.results import mixture_markdown
+from fedgan.results import mixture_markdown, refuse_existing_run
 from fedgan.scenario import Scenario
 from fedgan.storage import atomic_write_json, atomic_write_text
 
@@ -52,9 +51,8 @@ def with_overrides(scenario: Scenario, *, engine: str | None = None, rounds: int
 
 
 def check_out_dir(out: Path) -> None:
-    """Refuse to overwrite an earlier run: results already stored must not be lost."""
-    if (out / "summary.json").exists() or (out / "metrics.jsonl").exists():
-        raise FedganError("--out", f"{out} already holds a run", "choose a new directory (or delete the old run)")
+    """Refuse to overwrite an earlier run before anything starts (`fedgan.results.refuse_existing_run`)."""
+    refuse_existing_run(out)
 
 
 def default_out_dir(scenario: Scenario) -> Path:

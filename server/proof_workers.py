@@ -67,6 +67,8 @@ class RayProofPool:
 
     def finished(self, wait: bool) -> list[tuple[ProofTask, MethodOutcome | BaseException]]:
         """Tasks done since the last call (with `wait`: every task, waiting for those still running)."""
+        if not self._running:
+            return []
         import ray
 
         done: list[tuple[ProofTask, MethodOutcome | BaseException]] = []

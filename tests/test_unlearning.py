@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fedgan.engine import InProcessEngine, site_positions
+from fedgan.errors import FedganError
 from fedgan.experiment import run_experiment
 from fedgan.federation import GeneratorServer
 from fedgan.forget import ForgetLedger, ForgetRequest, drop_request, resolve_request
@@ -16,6 +17,7 @@ from fedgan.preparation import prepare
 from fedgan.unlearning import METHODS, UnlearningJob
 from fedgan.unlearning.intake import RequestIntake
 from fedgan.unlearning.measurement import ForgettingProbe
+from fedgan.unlearning.orchestrator import ForgetService
 from tests.conftest import tiny_scenario
 
 CERTIFICATE_FIELDS = ("request", "method", "fid_lenet_retained", "downstream_accuracy", "seconds",
@@ -248,3 +250,86 @@ def test_several_sites_in_the_same_round_are_served_together(tmp_path):
     assert len(summary["unlearning"]) == 3
     stats = summary["unlearning"][0]["details"]["stage_stats"][0]
     assert {"site_0", "site_1", "site_2"} <= set(stats)  # one stage served all three sites
+
+
+class FailingStageEngine(InProcessEngine):
+    """An in-process federation whose requesting site fails in its second unlearning stage."""
+
+    def __init__(self, scenario, device):
+        super().__init__(scenario, device)
+        self.stages = 0
+
+    def unlearn(self, orders):
+        self.stages += 1
+        if self.stages == 2:
+            raise RuntimeError("site 0 failed train.unlearn: worker lost")
+        return super().unlearn(orders)
+
+
+def test_a_site_failing_mid_cascade_leaves_nothing_half_applied_and_the_request_refused(tmp_path):
+    # Prepare: a federation trained 2 rounds; its state before the request.
+    scenario = forget_scenario(["cascaded", "retrain"], [])
+    klass = held_class(scenario, 0)
+    splits, evaluator = prepare(scenario)
+    engine = FailingStageEngine(scenario, "cpu")
+    server = GeneratorServer(scenario, engine.open(), splits.train.image_shape, splits.train.num_classes,
+                             torch.device("cpu"))
+    for _ in range(2):
+        server.step(engine)
+    generator_before = copy.deepcopy(server.generator.state_dict())
+    sites_before = engine.site_states()
+    service = ForgetService(scenario, splits, evaluator, tmp_path)
+
+    # Execute
+    service.serve(server, engine, [ForgetRequest(site=0, forget_class=klass, round=2).with_id()], 2)
+
+    # Assert: refused with the reason; G, every site's D and shard exactly as before; nothing certified.
+    (view,) = ForgetLedger(tmp_path / "ledger.jsonl").states().values()
+    assert view["state"] == "refused" and "worker lost" in view["reason"]
+    for key, value in server.generator.state_dict().items():
+        assert torch.equal(value, generator_before[key]), key
+    for site, state in engine.site_states().items():
+        assert torch.equal(state["forgotten"], sites_before[site]["forgotten"])
+        for key, value in state["discriminator"].items():
+            assert torch.equal(value, sites_before[site]["discriminator"][key]), (site, key)
+    assert engine._snapshots == {} and service.results == []
+
+
+def test_every_inbox_file_ends_in_the_ledger_and_late_requests_are_served_before_the_end(tmp_path):
+    # Prepare: a malformed inbox file, a request whose id is already taken, and a request dropped during the
+    # last round (after that round's inbox check).
+    scenario = forget_scenario(["finetune"], [], rounds=3)
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "0-bad.json").write_text('{"site": 1, "items": "lots"}')
+    first = ForgetRequest(site=2, items=tuple(site_items(scenario, 2, 2)), source="external")
+    drop_request(tmp_path, first)
+    taken = first.with_id().request_id
+    late = ForgetRequest(site=1, items=tuple(site_items(scenario, 1, 2)), source="external")
+
+    def progress(done, total, line):
+        if done == 1:
+            drop_request(tmp_path, ForgetRequest(site=0, items=tuple(site_items(scenario, 0, 1)),
+                                                 request_id=taken, source="external"))
+        if done == total:
+            drop_request(tmp_path, late)
+
+    # Execute
+    summary = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path, progress=progress)
+
+    # Assert: four arrivals, four end states; the late request was served and certified.
+    views = list(ForgetLedger(tmp_path / "ledger.jsonl").states().values())
+    assert len(views) == 4
+    by_state = sorted(v["state"] for v in views)
+    assert by_state == ["certified", "certified", "refused", "refused"]
+    reasons = " ".join(v.get("reason", "") for v in views)
+    assert "0-bad.json" in {v.get("file") for v in views} and f"request id {taken} is already used" in reasons
+    assert [e["request"]["items"] for e in summary["unlearning"]] == [list(first.items), list(late.items)]
+
+
+def test_a_run_directory_that_holds_a_run_is_refused_before_anything_is_written(tmp_path):
+    scenario = forget_scenario(["finetune"], [], rounds=1)
+    run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    with pytest.raises(FedganError, match="--out: .* already holds a run"):
+        run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before

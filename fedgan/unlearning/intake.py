@@ -7,6 +7,8 @@ and what cannot be served is refused with its reason.
 """
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -31,12 +33,14 @@ class RequestIntake:
         self.run_dir = run_dir
         self.log = log
 
-    def due(self, round_index: int) -> list[ForgetRequest]:
-        """Scheduled requests for this round plus everything dropped into the inbox since the last round."""
+    def due(self, round_index: int | None) -> list[ForgetRequest]:
+        """Scheduled requests for this round plus everything dropped into the inbox since the last round (round
+        None: the inbox only, after the last round)."""
         scheduled = [r.with_id() for r in self.scenario.forget if r.round == round_index]
         external, malformed = take_requests(self.run_dir)
-        for name, reason in malformed:
-            self.log({"kind": "forget", "event": "malformed", "file": name, "reason": reason})
+        for name, reason in malformed:  # refused in the ledger too: no request that arrived goes unrecorded
+            request_id = self.ledger.refuse_unreadable(name, reason)
+            self.log({"kind": "forget", "event": "malformed", "file": name, "reason": reason, "request": request_id})
         return scheduled + [r.with_id() for r in external]
 
     def holdings(self) -> Holdings:
@@ -55,7 +59,11 @@ class RequestIntake:
         accepted: list[Resolution] = []
         holdings = self.holdings()
         for request in requests:
-            request_id, new = self.ledger.receive(request)
+            try:
+                request_id, new = self.ledger.receive(request)
+            except ValueError:  # its id names another request: received under a fresh id, then refused
+                self._refuse_taken_id(request)
+                continue
             if not new:
                 self.log({"kind": "forget", "event": "duplicate", "request": request_id})
                 continue
@@ -65,6 +73,15 @@ class RequestIntake:
                 self.ledger.mark(request_id, "refused", reason=refusal.reason)
                 self.log({"kind": "forget", "event": "refused", "request": request_id, "reason": refusal.reason})
         return accepted
+
+    def _refuse_taken_id(self, request: ForgetRequest) -> str:
+        taken = request.request_id
+        fresh = dataclasses.replace(request, request_id=f"{taken}-{uuid.uuid4().hex[:8]}")
+        request_id, _ = self.ledger.receive(fresh)
+        reason = f"request id {taken} is already used by another request; drop it again without request-id"
+        self.ledger.mark(request_id, "refused", reason=reason)
+        self.log({"kind": "forget", "event": "refused", "request": request_id, "reason": reason})
+        return request_id
 
     def forgotten_so_far(self) -> SiteIds:
         """Every id forgotten by a served request, per site (what a retrain from scratch starts without)."""

@@ -78,8 +78,9 @@ class ForgetService:
         """Every certificate entry so far, in the order of batches, requests and methods (not of completion)."""
         return [entry for _, entry in sorted(self._certified, key=lambda item: item[0])]
 
-    def due(self, round_index: int) -> list[ForgetRequest]:
-        """Scheduled requests for this round plus everything dropped into the inbox since the last round."""
+    def due(self, round_index: int | None) -> list[ForgetRequest]:
+        """Scheduled requests for this round plus everything dropped into the inbox since the last round (round
+        None: the inbox only)."""
         return self.intake.due(round_index)
 
     def serve(self, server: GeneratorServer, engine: SiteEngine, requests: list[ForgetRequest], round_index: int
@@ -92,10 +93,12 @@ class ForgetService:
 
     def collect(self, wait: bool = False) -> None:
         """Certify the batches whose proofs have finished (with `wait`: wait for every proof still running)."""
-        if self.proofs is None or not self._pending:
+        if self.proofs is None:
             return
         for task, result in self.proofs.finished(wait):
-            pending = self._pending[task.batch_number]
+            pending = self._pending.get(task.batch_number)
+            if pending is None:  # its batch failed and was undone
+                continue
             pending.results[task.label] = result
             if set(pending.results) == pending.expected:
                 del self._pending[task.batch_number]
@@ -106,14 +109,35 @@ class ForgetService:
                      number: int) -> None:
         for resolution in batch:
             self.ledger.mark(resolution.request.request_id, "running", round=round_index)
+        tag, saved = f"before-{number}", server_snapshot(server)
+        engine.snapshot(tag)
+        try:
+            self._serve_from_snapshot(server, engine, batch, round_index, number, tag, saved)
+        except Exception as error:  # noqa: BLE001 — a failed batch is refused, the run goes on
+            self._abandon(server, engine, batch, number, tag, saved, error)
+        finally:
+            engine.discard(tag)  # Flower nodes keep snapshots as files: keep none beyond the batch
+
+    def _abandon(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], number: int, tag: str,
+                 saved: bytes, error: Exception) -> None:
+        """Serving failed half-way (a site raised, a node timed out): the federation returns to its state before
+        the batch, nothing half-applied, and every request of the batch is refused with the reason."""
+        self._pending.pop(number, None)  # proof tasks already started report to nobody
+        engine.restore(tag)
+        load_server_snapshot(server, saved)
+        reason = f"serving failed and was undone: {_one_line(error)}"
+        for resolution in batch:
+            self.ledger.mark(resolution.request.request_id, "refused", reason=reason)
+        self.log({"kind": "forget", "event": "failed", "batch": number, "reason": reason})
+
+    def _serve_from_snapshot(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution],
+                             round_index: int, number: int, tag: str, saved: bytes) -> None:
         retained = self._retained_classes(batch)
         chosen = next((name for name in self.config.methods if not METHODS[name].reference), self.config.methods[0])
         others = [name for name in self.config.methods if name != chosen]
-        tag = f"before-{number}"
-        engine.snapshot(tag)
         sites = engine.export_snapshot(tag) if self.proofs is not None else None
         if sites is None:
-            self._serve_in_line(server, engine, batch, round_index, number, retained, chosen, others, tag)
+            self._serve_in_line(server, engine, batch, round_index, number, retained, chosen, others, tag, saved)
             return
         # ---------------- the proof starts on the workers; the federation serves the chosen method ----------------
         def task(label: str, method: str | None, server_bytes: bytes | None, site_states: Any) -> ProofTask:
@@ -121,35 +145,33 @@ class ForgetService:
                              round_index, self.intake.forgotten_so_far(), server_bytes, site_states,
                              self.config.proof_threads, proof_environment())
 
-        before = server_snapshot(server)
-        for name in sorted(others, key=lambda n: not METHODS[n].reference):  # retrain, the longest, first
-            fresh = METHODS[name].reference  # retrain starts from round 0: no copy of the federation needed
-            self.proofs.submit(task(name, name, None if fresh else before, None if fresh else sites))
-        self.proofs.submit(task("before", None, before, sites))
-        engine.discard(tag)
+        tasks = [task(name, name, None, None) if METHODS[name].reference  # retrain starts from round 0
+                 else task(name, name, saved, sites) for name in others]
+        tasks.sort(key=lambda t: t.server is not None)  # retrain, the longest, first
+        tasks.append(task("before", None, saved, sites))
         outcome = run_method(METHODS[chosen](), self._job(server, engine, batch, round_index), None, batch, retained)
         after_tag = f"after-{number}"
         engine.snapshot(after_tag)
         after = engine.export_snapshot(after_tag)
         engine.discard(after_tag)
-        self.proofs.submit(task(chosen, None, server_snapshot(server), after))
-        self._pending[number] = PendingProof(number, batch, outcome, {"before", chosen, *others})
+        tasks.append(task(chosen, None, server_snapshot(server), after))
+        self._pending[number] = PendingProof(number, batch, outcome, {t.label for t in tasks})
+        for proof in tasks:
+            self.proofs.submit(proof)
         self._mark_done(batch, outcome)
 
     def _serve_in_line(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution],
                        round_index: int, number: int, retained: list[int], chosen: str, others: list[str],
-                       tag: str) -> None:
+                       tag: str, saved: bytes) -> None:
         """The whole proof here and now, the federation waiting: every other method from the snapshot, then the
         chosen one, whose result the federation continues from."""
         before = self.probe.measure(server, engine, batch, "before", retained)
-        saved = server_snapshot(server)
         outcomes: dict[str, MethodOutcome] = {}
         for name in others:
             outcomes[name] = run_method(METHODS[name](), self._job(server, engine, batch, round_index), self.probe,
                                         batch, retained)
             engine.restore(tag)
             load_server_snapshot(server, saved)
-        engine.discard(tag)  # Flower nodes keep snapshots as files: keep none beyond the batch
         outcomes[chosen] = run_method(METHODS[chosen](), self._job(server, engine, batch, round_index), self.probe,
                                       batch, retained)
         self._mark_done(batch, outcomes[chosen])
