@@ -64,10 +64,9 @@ def test_the_apps_complete_a_federation_with_a_forget_request_across_processes(t
     home = tmp_path / "flwr-home"
     home.mkdir()
     (home / "config.toml").write_text(f'[superlink.loopback]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-    marker = f"FEDGAN_DEPLOYMENT_TEST={tmp_path}"
+    marker = f"FLWR_HOME={home}"  # every process of the run inherits it (Ray's agents too, which keep no other)
     env = dict(os.environ, FLWR_HOME=str(home), PATH=f"{BIN}:{os.environ['PATH']}", FLWR_TELEMETRY_ENABLED="0",
-               FLWR_DISABLE_UPDATE_CHECK="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               FEDGAN_DEPLOYMENT_TEST=str(tmp_path))
+               FLWR_DISABLE_UPDATE_CHECK="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     out = tmp_path / "run"
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -106,6 +105,12 @@ def test_the_apps_complete_a_federation_with_a_forget_request_across_processes(t
                 pass
         for process in started:
             process.wait(timeout=30)
+        time.sleep(1)
+        for pid in processes_with_env(marker):  # Ray's agents, orphaned when their raylet went (seen)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     # Assert: the run finished through the deployment engine; the request was served and certified; every
     # process this test started is gone.
