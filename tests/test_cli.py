@@ -31,6 +31,8 @@ BAD_SCENARIOS = {
     "seeds without aggregators": ('[compare]\nseeds = [0, 1]\n', "compare.seeds"),
     "repeated seeds": ('[compare]\naggregators = ["ua"]\nseeds = [1, 1]\n', "compare.seeds"),
     "classes repeated": ('[data]\nname = "synthetic"\nclasses = [1, 1]\n', "data.classes"),
+    "proof workers negative": ('[unlearning]\nproof-workers = -1\n', "unlearning.proof-workers"),
+    "proof gpus above one": ('[unlearning]\nproof-gpus = 1.5\n', "unlearning.proof-gpus"),
     "by_class label at two sites": ('[data]\nname = "synthetic"\n[sites]\ncount = 2\n[partition]\n'
                                     'scheme = "by_class"\nclasses = [[1], [1]]\n', "partition.classes"),
 }
@@ -97,6 +99,9 @@ def test_compare_overrides_from_the_command_line_are_validated(tmp_path, capsys)
     assert code == 2 and capsys.readouterr().err.startswith("fedgan: error: compare.aggregators")
     code = main(["run", str(path), "--out", str(tmp_path / "out"), "--seeds", "0,x", "--quiet"])
     assert code == 2 and capsys.readouterr().err.startswith("fedgan: error: --seeds")
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--proof-workers", "many", "--quiet"])
+    assert code == 2 and capsys.readouterr().err.startswith("fedgan: error: --proof-workers")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_shipped_scenario_is_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
