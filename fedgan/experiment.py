@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from fedgan.checkpoint import RunState, has_checkpoint, read_checkpoint, write_checkpoint
 from fedgan.datasets import DatasetSplits
 from fedgan.engine import SiteEngine, resolve_device, site_positions
 from fedgan.evaluation.classifier import Evaluator
 from fedgan.evaluation.metrics import evaluate_generator_samples
 from fedgan.evaluation.mixture import disjoint_site_labels, headline, mixture_report, mode_counts
+from fedgan.faults import fault_point
 from fedgan.federation import GeneratorServer, RoundRecord
 from fedgan.preparation import prepare
 from fedgan.results import RunRecorder
 from fedgan.scenario import Scenario
 from fedgan.unlearning.orchestrator import ForgetService
-from fedgan.unlearning.proof import ProofPool
+from fedgan.unlearning.proof import ProofPool, load_server_snapshot, server_snapshot
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
@@ -82,6 +84,7 @@ def evaluate(server: GeneratorServer, evaluator: Evaluator, splits: DatasetSplit
     against test images of `reference_labels` (all when None); with `truth`, the `mixture` block too."""
     labels = server.sample_labels(count, torch.Generator().manual_seed(1)) if server.conditional else None
     fake = server.sample(count, tag, labels)
+    fault_point("evaluation")
     metrics = evaluate_generator_samples(
         evaluator, real_reference(splits, count, reference_labels), fake, splits.train.num_classes, fake_labels=labels
     )
@@ -108,29 +111,39 @@ def run_experiment(
     progress: ProgressFn | None = None,
     prepared: tuple[DatasetSplits, Evaluator] | None = None,
     proofs: ProofPool | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train the scenario's federation through `engine`, write the run directory, return the summary.
 
-    Forget requests' proofs run on `proofs` (workers, concurrently with the training) or, without it, in line."""
+    Forget requests' proofs run on `proofs` (workers, concurrently with the training) or, without it, in line.
+    With `resume`, continue the run in `out_dir` from its checkpoint (`fedgan.checkpoint`): the same metrics as
+    a run never interrupted."""
     splits, evaluator = prepared or prepare(scenario)
     started = time.perf_counter()
+    # A damaged checkpoint fails here, before any change; a run killed before its first checkpoint starts again.
+    checkpointed = read_checkpoint(out_dir) if resume and has_checkpoint(out_dir) else None
     sites = engine.open()
     device = resolve_device(scenario.engine.device)
     server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, device)
     recorder = RunRecorder(out_dir, scenario)
-    recorder.start(splits, evaluator, sites)
+    recorder.start(splits, evaluator, sites, resume=resume)
     forget_service = ForgetService(scenario, splits, evaluator, out_dir, log=recorder.log, proofs=proofs)
     truth = mixture_truth(scenario, splits)
     reference_labels = held_labels(server)  # fixed at the start: forgetting a class does not move the yardstick
     e = scenario.evaluation
-    train_seconds = 0.0
+    checkpoints = Checkpointer(scenario, server, engine, recorder, forget_service)
+    first_round = 1
+    if checkpointed is not None:
+        first_round = checkpoints.restore(checkpointed) + 1
+    elif resume:
+        checkpoints.restart()
 
     rounds = scenario.training.rounds
-    for round_index in range(1, rounds + 1):
+    for round_index in range(first_round, rounds + 1):
         # `round_index` counts training rounds (the schedule's clock); `server.round` counts every generator step,
         # including those an unlearning method spends.
         record: RoundRecord = server.step(engine)
-        train_seconds += record.seconds
+        checkpoints.train_seconds += record.seconds
         line = record.as_dict() | {"round": round_index, "generator_steps": server.round,
                                    "bytes_down": engine.traffic.bytes_down, "bytes_up": engine.traffic.bytes_up}
         recorder.log(line)
@@ -146,6 +159,7 @@ def run_experiment(
             recorder.log({"kind": "evaluation", "round": round_index, **metrics, **headline(metrics.get("mixture"))})
             recorder.save_grid(*grid_samples(server, e.grid_per_class), f"samples_round_{round_index:05d}.png")
             line |= {"fid_lenet": metrics["fid_lenet"]}
+        checkpoints.after_round(round_index)  # every checkpoint-every rounds, and after any ledger change
         if progress is not None:
             progress(round_index, rounds, line)
 
@@ -158,16 +172,76 @@ def run_experiment(
     if truth is not None:
         recorder.save_mixture(final["mixture"])
     recorder.save_grid(*grid_samples(server, e.grid_per_class), "samples_final.png")
-    recorder.save_checkpoint(server, engine)
     forget_service.collect(wait=True)  # every proof still running: the summary holds every certificate
+    checkpoints.write(rounds)
     summary = recorder.finish(
         final=final,
         unlearning=forget_service.results,
         engine=engine,
         wall_seconds=time.perf_counter() - started,
-        train_seconds=train_seconds,
+        train_seconds=checkpoints.train_seconds,
         rounds=rounds,
         generator_steps=server.round,
     )
     engine.close()
     return summary
+
+
+class Checkpointer:
+    """When to write the run's checkpoint, what goes in, and how a resumed run takes it back (`fedgan.checkpoint`)."""
+
+    TAG = "checkpoint"
+
+    def __init__(self, scenario: Scenario, server: GeneratorServer, engine: SiteEngine, recorder: RunRecorder,
+                 forget_service: ForgetService) -> None:
+        self.scenario, self.server, self.engine = scenario, server, engine
+        self.recorder, self.forget_service = recorder, forget_service
+        self.train_seconds = 0.0
+        self._ledger_lines = forget_service.ledger.line_count()
+        self._written = 0  # how many checkpoints this process wrote (site tags alternate: the last one survives)
+
+    def after_round(self, round_index: int) -> None:
+        every = self.scenario.training.checkpoint_every
+        ledger_changed = self.forget_service.ledger.line_count() != self._ledger_lines
+        if ledger_changed or (every and round_index % every == 0):
+            self.write(round_index)
+
+    def write(self, round_index: int) -> None:
+        """A checkpoint of the run after training round `round_index`."""
+        tag = f"{self.TAG}-{self._written % 2}"
+        self.engine.snapshot(tag)
+        at_sites = getattr(self.engine, "keeps_state_at_sites", False)
+        sites = None if at_sites else self.engine.export_snapshot(tag)
+        if not at_sites:
+            self.engine.discard(tag)
+        self._ledger_lines = self.forget_service.ledger.line_count()
+        state = RunState(round_index, server_snapshot(self.server), None if sites is None else asdict(sites),
+                         tag if at_sites else None, (self.engine.traffic.bytes_down, self.engine.traffic.bytes_up),
+                         self.recorder.line_count(), self._ledger_lines, self.train_seconds,
+                         self.forget_service.checkpoint_state())
+        legacy = {"server": self.server.state_dict(), "sites": self.engine.site_states()}
+        write_checkpoint(self.recorder.out, state, self.scenario.to_dict(), legacy)
+        if at_sites:
+            self.engine.discard(f"{self.TAG}-{(self._written + 1) % 2}")  # the previous checkpoint's snapshot
+        self._written += 1
+
+    def restart(self) -> None:
+        """A run killed before its first checkpoint: everything it recorded is rolled back, round 1 again."""
+        self.recorder.roll_back(0)
+        self.forget_service.resume({}, 0)
+        self._ledger_lines = 0
+
+    def restore(self, state: RunState) -> int:
+        """Take the run back to `state`; returns the round it was taken after."""
+        if state.sites_tag is not None:
+            self.engine.restore(state.sites_tag)
+            self._written = int(state.sites_tag.rsplit("-", 1)[1]) + 1  # the next write keeps this one
+        else:
+            self.engine.load_snapshot(state.site_snapshot())
+        load_server_snapshot(self.server, state.server)
+        self.engine.traffic.bytes_down, self.engine.traffic.bytes_up = state.traffic
+        self.train_seconds = state.train_seconds
+        self.recorder.roll_back(state.metrics_lines)
+        self.forget_service.resume(state.service, state.ledger_lines)
+        self._ledger_lines = self.forget_service.ledger.line_count()
+        return state.round_index

@@ -20,6 +20,7 @@ import torch
 
 from fedgan.aggregation import get_aggregator, site_log_weights
 from fedgan.engine import SiteEngine, SiteInfo
+from fedgan.faults import fault_point
 from fedgan.models import Generator, build_generator
 from fedgan.schedule import learning_rate_factor
 from fedgan.seeding import derive_seed, torch_generator
@@ -123,6 +124,7 @@ class GeneratorServer:
         labels = self.sample_labels(t.batch_size, self.rng)
         fake = self.generator(z, labels.to(self.device) if labels is not None else None)
         replies = engine.train_round(self.round, fake.detach().cpu(), labels)
+        fault_point("round")  # the sites have stepped, G has not
         if not replies:
             raise RuntimeError(f"round {self.round}: no site answered")
         # ---------------- aggregate: the generator's gradient from logits and input gradients ----------------

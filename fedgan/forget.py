@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedgan.errors import FedganError, ScenarioError
-from fedgan.storage import append_jsonl, atomic_write_json
+from fedgan.storage import append_jsonl, atomic_write_bytes, atomic_write_json
 
 SOURCES = ("scenario", "external")
 INBOX = "inbox"
@@ -282,9 +282,10 @@ class ForgetLedger:
 
     # ---- writing ----
 
-    def receive(self, request: ForgetRequest) -> tuple[str, bool]:
-        """Record `request` as received; returns (request_id, is_new). A request with the same content as a
-        known one that was not refused is a duplicate: nothing is written and the known id is returned."""
+    def receive(self, request: ForgetRequest, round: int | None = None) -> tuple[str, bool]:
+        """Record `request` as received (after training round `round`); returns (request_id, is_new). A request
+        with the same content as a known one that was not refused is a duplicate: nothing is written and the known
+        id is returned."""
         request = request.with_id()
         states = self.states()
         for view in states.values():
@@ -294,7 +295,7 @@ class ForgetLedger:
         if known is not None and known["state"] != "refused":
             raise ValueError(f"request id {request.request_id} is already used by another request")
         self._append({"request_id": request.request_id, "state": "received", "time": time.time(),
-                      "request": request.to_dict()})
+                      "request": request.to_dict(), "round": round})
         return request.request_id, True
 
     def refuse_unreadable(self, name: str, reason: str) -> str:
@@ -344,7 +345,22 @@ class ForgetLedger:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def roll_back(self, lines: int) -> list[dict[str, Any]]:
+        """Keep the first `lines` lines (what a checkpoint covers); the rest move to a ``ledger.rolled-back-*``
+        file beside it (kept, never deleted) and are returned. A resumed run redoes what they recorded."""
+        entries = self.entries()
+        tail = entries[lines:]
+        if tail:
+            kept = self.path.with_name(f"{self.path.stem}.rolled-back-{time.time_ns()}.jsonl")
+            atomic_write_bytes(kept, "".join(json.dumps(e) + "\n" for e in tail).encode("utf-8"))
+            atomic_write_bytes(self.path, "".join(json.dumps(e) + "\n" for e in entries[:lines]).encode("utf-8"))
+        return tail
+
     # ---- reading ----
+
+    def line_count(self) -> int:
+        """How many entries the ledger holds."""
+        return len(self.entries())
 
     def entries(self) -> list[dict[str, Any]]:
         """Every line, in order. A torn last line is skipped with a warning; damage elsewhere raises LedgerError."""
@@ -410,9 +426,11 @@ def drop_request(run_dir: str | Path, request: ForgetRequest) -> Path:
     return atomic_write_json(path, request.to_dict())
 
 
-def take_requests(run_dir: str | Path) -> tuple[list[ForgetRequest], list[tuple[str, str]]]:
+def take_requests(run_dir: str | Path, round_index: int | None = None
+                  ) -> tuple[list[ForgetRequest], list[tuple[str, str]]]:
     """Read and move to ``inbox/taken/`` every queued request, oldest first. Returns (valid requests,
-    [(file name, reason)] for malformed files): a bad file is reported, never raised, so the server runs on."""
+    [(file name, reason)] for malformed files): a bad file is reported, never raised, so the server runs on.
+    A request that names a later round than `round_index` stays in the inbox until that round."""
     inbox = Path(run_dir) / INBOX
     if not inbox.is_dir():
         return [], []
@@ -421,6 +439,8 @@ def take_requests(run_dir: str | Path) -> tuple[list[ForgetRequest], list[tuple[
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             request = ForgetRequest.from_dict(raw, where=f"{INBOX}/{path.name}")
+            if request.round is not None and round_index is not None and request.round > round_index:
+                continue  # not due yet: left in the inbox
             requests.append(dataclasses.replace(request, source="external"))
         except (OSError, UnicodeDecodeError, ValueError, FedganError) as error:
             malformed.append((path.name, str(error)))

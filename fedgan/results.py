@@ -17,6 +17,7 @@ metrics.jsonl is appended line by line with fsync.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +90,15 @@ class RunRecorder:
         self.records: list[dict[str, Any]] = []
         self.context: dict[str, Any] = {}
 
-    def start(self, splits: DatasetSplits, evaluator: Evaluator, sites: list[SiteInfo]) -> None:
-        """Create the directory and write the resolved scenario before round 1 (never over an earlier run)."""
-        refuse_existing_run(self.out)
+    def start(self, splits: DatasetSplits, evaluator: Evaluator, sites: list[SiteInfo], resume: bool = False
+              ) -> None:
+        """Create the directory and write the resolved scenario before round 1 (never over an earlier run); with
+        `resume`, continue the run already there."""
+        if not resume:
+            refuse_existing_run(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "scenario.toml", scenario_to_toml(self.scenario))
+        if not resume:
+            atomic_write_text(self.out / "scenario.toml", scenario_to_toml(self.scenario))
         counts = np.stack([info.class_counts for info in sites])
         self.context = {
             "dataset": splits.train.name,
@@ -104,6 +109,31 @@ class RunRecorder:
             "site_class_counts": counts.tolist(),
             "real_class_histogram": (counts.sum(0) / counts.sum()).tolist(),
         }
+
+    def line_count(self) -> int:
+        """Lines of metrics.jsonl written so far (what a checkpoint covers)."""
+        return len(self.records)
+
+    def roll_back(self, lines: int) -> None:
+        """A resumed run: metrics.jsonl back to its first `lines` lines (what the checkpoint covers); the lines
+        after them, which the resumed run writes again, move to a ``metrics.rolled-back-*`` file (kept)."""
+        path = self.out / "metrics.jsonl"
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        rows = [row for row in text.split("\n") if row.strip()]
+        complete = []
+        for row in rows:
+            try:
+                complete.append(json.loads(row))
+            except ValueError:  # a torn last line (the crash happened mid-write)
+                break
+        if len(complete) < lines:
+            raise FedganError("--resume", f"{path} holds {len(complete)} lines, the checkpoint covers {lines}",
+                              "resume from an intact run directory, or start the run again")
+        if len(rows) > lines:
+            atomic_write_text(path.with_name(f"metrics.rolled-back-{time.time_ns()}.jsonl"),
+                              "\n".join(rows[lines:]) + "\n")
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in complete[:lines]))
+        self.records = complete[:lines]
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl."""

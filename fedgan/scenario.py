@@ -74,6 +74,7 @@ class TrainingConfig:
     real_sampling: str = "shard"
     r1_target: str = "logit"
     lr_schedule: str = "constant"
+    checkpoint_every: int = 100  # rounds between checkpoints (0: only after forget requests and at the end)
 
 
 @dataclass(frozen=True)
@@ -387,6 +388,8 @@ def validate(s: Scenario) -> None:
     _require(not s.compare.seeds or s.compare.aggregators, "compare.seeds", "given without compare.aggregators",
              'list the aggregators to compare, e.g. aggregators = ["ua", "avg"]')
     _validate_partition_options(s)
+    _require(s.training.checkpoint_every >= 0, "training.checkpoint-every", f"got {s.training.checkpoint_every}",
+             "use 0 (checkpoints only after forget requests and at the end) or a number of rounds")
     _validate_unlearning(s)
 
 

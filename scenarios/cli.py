@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedgan", description="Federated GAN (UA-GAN) unlearning simulator.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a scenario and write its results")
-    run.add_argument("scenario", help="a scenario file, or the name of a shipped one (e.g. quickstart)")
+    run.add_argument("scenario", nargs="?", help="a scenario file, or the name of a shipped one (e.g. quickstart)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint (after a crash)")
     run.add_argument("--out", help="run directory (default: runs/<scenario>-<timestamp>)")
     run.add_argument("--engine", choices=("flower", "inprocess", "batched"), help="override engine.name")
     run.add_argument("--rounds", type=int, help="override training.rounds")
@@ -78,8 +79,17 @@ def _proof_workers(text: str | None) -> str | int | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fedgan.scenario import load_scenario
-    from scenarios.runner import default_out_dir, run_scenario, with_overrides
+    from scenarios.runner import default_out_dir, resume_scenario, run_scenario, with_overrides
 
+    if args.resume:
+        if args.scenario or args.out:
+            raise FedganError("--resume", "a resumed run takes its scenario and directory from DIR",
+                              "give only --resume DIR")
+        summary = resume_scenario(Path(args.resume))
+        print(f"fedgan: resumed and finished {args.resume}")
+        return 0
+    if not args.scenario:
+        raise FedganError("scenario", "missing", "name a scenario file or a shipped scenario (e.g. quickstart)")
     scenario = with_overrides(load_scenario(args.scenario), engine=args.engine, rounds=args.rounds,
                               data_root=args.data_root, aggregators=_csv(args.aggregators, str, "--aggregators"),
                               seeds=_csv(args.seeds, int, "--seeds"),

@@ -14,6 +14,7 @@ from typing import Any
 
 from fedgan.batched_engine import BatchedEngine
 from fedgan.engine import InProcessEngine
+from fedgan.errors import FedganError
 from fedgan.evaluation.plots import plot_mixture_shares
 from fedgan.experiment import ProgressFn, run_experiment
 from fedgan.preparation import prepare
@@ -60,16 +61,37 @@ def default_out_dir(scenario: Scenario) -> Path:
     return Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_inprocess(scenario: Scenario, out: Path, progress: ProgressFn | None, prepared: Any) -> dict[str, Any]:
+def run_inprocess(scenario: Scenario, out: Path, progress: ProgressFn | None, prepared: Any,
+                  resume: bool = False) -> dict[str, Any]:
     """An engine in this process: the same loop and site code, no Flower (`inprocess`, or `batched` groups)."""
     from server.proof_workers import proof_pool
 
     engine = BatchedEngine(scenario) if scenario.engine.name == "batched" else InProcessEngine(scenario)
-    return run_experiment(scenario, engine, out, progress=progress, prepared=prepared, proofs=proof_pool(scenario))
+    return run_experiment(scenario, engine, out, progress=progress, prepared=prepared, proofs=proof_pool(scenario),
+                          resume=resume)
+
+
+def resume_scenario(out: Path, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Continue the run in `out` from its checkpoint, with the scenario it was started with (its scenario.toml)."""
+    from fedgan.checkpoint import has_checkpoint, read_checkpoint
+    from fedgan.scenario import load_scenario
+
+    if not (out / "scenario.toml").is_file():
+        raise FedganError("--resume", f"{out} holds no run (no scenario.toml)", "name the directory of a run")
+    if has_checkpoint(out):
+        read_checkpoint(out)  # a damaged checkpoint is refused before anything starts
+    if (out / "summary.json").exists():
+        raise FedganError("--resume", f"{out} already finished (summary.json)", "nothing to resume")
+    scenario = load_scenario(out / "scenario.toml")
+    if scenario.compare.aggregators:
+        raise FedganError("--resume", "comparisons resume per variant", f"resume {out}/<variant> instead")
+    if scenario.engine.name in ("inprocess", "batched"):
+        return run_inprocess(scenario, out, progress, prepare(scenario), resume=True)
+    return run_flower(scenario, out, progress, resume=True)
 
 
 def run_flower(scenario: Scenario, out: Path, progress: ProgressFn | None,
-               wire_log: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               wire_log: list[dict[str, Any]] | None = None, resume: bool = False) -> dict[str, Any]:
     """The real Flower apps on Flower's Ray simulation engine, one SuperNode per `sites.per-node` sites."""
     os.environ.update(FLOWER_ENV)
     from flwr.simulation import run_simulation
@@ -81,7 +103,8 @@ def run_flower(scenario: Scenario, out: Path, progress: ProgressFn | None,
     install_dispatcher()  # the dispatcher wakes when the server pushes, instead of every 0.1 s
 
     result: dict[str, Any] = {}
-    server_app = make_server_app(scenario, out, progress=progress, on_done=result.update, wire_log=wire_log)
+    server_app = make_server_app(scenario, out, progress=progress, on_done=result.update, wire_log=wire_log,
+                                 resume=resume)
     backend_config = {
         "client_resources": {"num_cpus": scenario.engine.num_cpus, "num_gpus": scenario.engine.num_gpus},
         "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": True},

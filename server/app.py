@@ -31,6 +31,7 @@ def make_server_app(
     progress: ProgressFn | None = None,
     on_done: Callable[[dict[str, Any]], None] | None = None,
     wire_log: list[dict[str, Any]] | None = None,
+    resume: bool = False,
 ) -> ServerApp:
     """A ServerApp bound to one scenario and run directory (for `run_simulation`, where run config is empty)."""
     server_app = ServerApp()
@@ -38,7 +39,8 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         engine = FlowerEngine(grid, scenario, wire_log, state_dir=Path(out_dir) / NODE_STATE_DIR)
-        summary = run_experiment(scenario, engine, out_dir, progress=progress, proofs=proof_pool(scenario))
+        summary = run_experiment(scenario, engine, out_dir, progress=progress, proofs=proof_pool(scenario),
+                                 resume=resume)
         if on_done is not None:
             on_done(summary)
 
@@ -54,6 +56,8 @@ def _scenario_from_run_config(run_config: dict[str, Any]) -> tuple[Scenario, Pat
         scenario = scenario.replace(training=scenario.training.__class__(
             **{**scenario.training.__dict__, "rounds": rounds}))
     out = str(run_config.get("out") or "")
+    if bool(run_config.get("resume")) and out:  # `flwr run . --run-config "resume=true out='DIR'"`
+        return load_scenario(Path(out) / "scenario.toml"), Path(out)
     out_dir = Path(out) if out else Path.cwd() / "runs" / f"{scenario.name}-flwr-{time.strftime('%Y%m%d-%H%M%S')}"
     return scenario, out_dir
 
@@ -65,7 +69,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of `flwr run .`: the scenario named in the run config, through Flower."""
     scenario, out_dir = _scenario_from_run_config(dict(context.run_config))
+    resume = bool(context.run_config.get("resume"))
     print(f"fedgan: scenario {scenario.name!r}, {scenario.sites.count} sites, writing {out_dir}", flush=True)
     engine = FlowerEngine(grid, scenario, state_dir=out_dir / NODE_STATE_DIR)
-    summary = run_experiment(scenario, engine, out_dir, proofs=proof_pool(scenario))
+    summary = run_experiment(scenario, engine, out_dir, proofs=proof_pool(scenario), resume=resume)
     print(f"fedgan: done in {summary['wall_seconds']:.1f} s, FID_LeNet {summary['fid_lenet']:.2f}", flush=True)

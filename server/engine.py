@@ -41,6 +41,7 @@ class FlowerEngine:
     """Reaches the sites through a Flower `Grid`: one node per `sites.per-node` sites, matched by partition-id."""
 
     name = "flower"
+    keeps_state_at_sites = True  # checkpoints name a snapshot each node keeps; the server never holds site weights
 
     def __init__(self, grid: Grid, scenario: Scenario, wire_log: list[dict[str, Any]] | None = None,
                  state_dir: str | Path | None = None) -> None:

@@ -12,9 +12,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fedgan import protocol as P
 from fedgan.engine import build_site, load_federation_data, site_positions
+from fedgan.node_state import NodeStateStore
 from fedgan.results import SUMMARY_FIELDS
 from scenarios.runner import run_scenario
 from tests.conftest import tiny_scenario
@@ -55,11 +57,14 @@ def test_flower_run_writes_the_results_contract(flower_and_inprocess):
     for name in ("scenario.toml", "metrics.jsonl", "summary.json", "samples_final.png", "curves.png",
                  "checkpoint.pt"):
         assert (out / "flower" / name).is_file(), name
-    # Each node keeps its sites' state in its own files, not in the messages (and no snapshot outlives its batch).
+    # Each node keeps its sites' state in its own files, not in the messages; no snapshot outlives its batch, and
+    # the one extra file is the snapshot the last checkpoint names (what a resumed run restores).
     nodes = sorted(p.name for p in (out / "flower" / "node-state").iterdir())
     assert nodes == [f"node-{j}" for j in range(scenario.sites.count)]
     files = {n: sorted(f.name for f in (out / "flower" / "node-state" / n).iterdir()) for n in nodes}
-    assert all(names == ["state.pt"] for names in files.values()), files
+    tag = torch.load(out / "flower" / "checkpoint.pt", weights_only=True)["run_state"]["sites_tag"]
+    kept = NodeStateStore(out / "flower" / "node-state" / "node-0").path(tag).name
+    assert all(names == sorted(["state.pt", kept]) for names in files.values()), files
 
 
 def test_flower_and_inprocess_engines_give_the_same_numbers(flower_and_inprocess):

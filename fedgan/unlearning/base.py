@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fedgan.engine import SiteEngine, SiteIds, StageOrder
+from fedgan.faults import fault_point
 from fedgan.registry import Registry
 from fedgan.site_unlearning import UnlearnStageOptions
 
@@ -58,6 +59,7 @@ class UnlearningJob:
         fake = self.server.sample(batch, f"unlearn-stage-{stage}-{self.rounds_used}", labels)
         orders = {site: StageOrder(ids, fake, labels, options) for site, ids in self.forget_ids.items()}
         stats = self.engine.unlearn(orders)
+        fault_point("cascade")  # the requesting sites have changed, G has not followed
         self.stage_stats.append({"stage": stage, **{f"site_{s}": v for s, v in stats.items()}})
         return stats
 
@@ -93,6 +95,7 @@ class UnlearningJob:
         self.weights_dropped = True  # the fresh sites report their counts without the items
         for _ in range(self.training_rounds):
             self.server.step(self.engine)
+            fault_point("retrain")
         self.rounds_used += self.training_rounds
 
 

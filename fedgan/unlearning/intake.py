@@ -37,7 +37,7 @@ class RequestIntake:
         """Scheduled requests for this round plus everything dropped into the inbox since the last round (round
         None: the inbox only, after the last round)."""
         scheduled = [r.with_id() for r in self.scenario.forget if r.round == round_index]
-        external, malformed = take_requests(self.run_dir)
+        external, malformed = take_requests(self.run_dir, round_index)
         for name, reason in malformed:  # refused in the ledger too: no request that arrived goes unrecorded
             request_id = self.ledger.refuse_unreadable(name, reason)
             self.log({"kind": "forget", "event": "malformed", "file": name, "reason": reason, "request": request_id})
@@ -54,13 +54,14 @@ class RequestIntake:
             ids[site], labels[site] = site_ids[keep], train.labels.numpy()[positions][keep]
         return Holdings(ids, labels)
 
-    def admit(self, requests: list[ForgetRequest]) -> list[Resolution]:
-        """Record every request; skip duplicates; refuse what cannot be served; resolve the rest."""
+    def admit(self, requests: list[ForgetRequest], round_index: int | None = None) -> list[Resolution]:
+        """Record every request (received after `round_index`); skip duplicates; refuse what cannot be served;
+        resolve the rest."""
         accepted: list[Resolution] = []
         holdings = self.holdings()
         for request in requests:
             try:
-                request_id, new = self.ledger.receive(request)
+                request_id, new = self.ledger.receive(request, round_index)
             except ValueError:  # its id names another request: received under a fresh id, then refused
                 self._refuse_taken_id(request)
                 continue
@@ -77,7 +78,7 @@ class RequestIntake:
     def _refuse_taken_id(self, request: ForgetRequest) -> str:
         taken = request.request_id
         fresh = dataclasses.replace(request, request_id=f"{taken}-{uuid.uuid4().hex[:8]}")
-        request_id, _ = self.ledger.receive(fresh)
+        request_id, _ = self.ledger.receive(fresh, fresh.round)
         reason = f"request id {taken} is already used by another request; drop it again without request-id"
         self.ledger.mark(request_id, "refused", reason=reason)
         self.log({"kind": "forget", "event": "refused", "request": request_id, "reason": reason})

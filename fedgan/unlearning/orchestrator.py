@@ -25,18 +25,21 @@ from fedgan.datasets import DatasetSplits
 from fedgan.engine import SiteEngine
 from fedgan.evaluation.classifier import Evaluator
 from fedgan.federation import GeneratorServer
-from fedgan.forget import ForgetLedger, ForgetRequest, Resolution
+from fedgan.forget import ForgetLedger, ForgetRequest, Resolution, drop_request
 from fedgan.scenario import Scenario
 from fedgan.unlearning.base import METHODS, UnlearningJob
 from fedgan.unlearning.certificate import MethodOutcome, certificate, where_and_when
 from fedgan.unlearning.intake import RequestIntake, forget_classes, union
 from fedgan.unlearning.measurement import ForgettingProbe
 from fedgan.unlearning.proof import (
+    PROOFS_DIR,
+    ProofFiles,
     ProofPool,
     ProofTask,
     load_server_snapshot,
     proof_environment,
     run_method,
+    run_proof,
     server_snapshot,
 )
 
@@ -72,6 +75,7 @@ class ForgetService:
         self._batches = 0
         self._pending: dict[int, PendingProof] = {}
         self._certified: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
+        self.proof_files = ProofFiles(Path(run_dir) / PROOFS_DIR)
 
     @property
     def results(self) -> list[dict[str, Any]]:
@@ -86,7 +90,7 @@ class ForgetService:
     def serve(self, server: GeneratorServer, engine: SiteEngine, requests: list[ForgetRequest], round_index: int
               ) -> None:
         """Record, check and serve `requests` due after training round `round_index`; updates the federation."""
-        batch = self.intake.admit(requests)
+        batch = self.intake.admit(requests, round_index)
         if batch:
             self._batches += 1
             self._serve_batch(server, engine, batch, round_index, self._batches)
@@ -103,6 +107,45 @@ class ForgetService:
             if set(pending.results) == pending.expected:
                 del self._pending[task.batch_number]
                 self._conclude(pending)
+                self.proof_files.remove(pending.number)
+
+    # ---- checkpoints ----
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the service (the ledger is its own file): certificates, batch count, and the
+        batches whose proofs are still running (their tasks are in the run's proofs/ folder)."""
+        return {"batches": self._batches, "certified": [[list(key), entry] for key, entry in self._certified],
+                "pending": sorted(self._pending)}
+
+    def resume(self, state: dict[str, Any], ledger_lines: int) -> None:
+        """Back to a checkpoint: the ledger rolled back to what it covered (requests from the inbox after it are
+        queued again for the round they were taken in), and the proofs that were running started again."""
+        self._batches = int(state.get("batches", 0))
+        self._certified = [(tuple(key), entry) for key, entry in state.get("certified", [])]
+        for entry in self.ledger.roll_back(ledger_lines):
+            request = entry.get("request")
+            if entry["state"] == "received" and request and request.get("source") == "external":
+                redo = {**request, "round": entry.get("round") or request.get("round")}
+                drop_request(self.intake.run_dir, ForgetRequest.from_dict(redo))
+        for number in state.get("pending", []):
+            tasks, chosen = self.proof_files.load(number)
+            batch = list(tasks[0].batch)
+            self._pending[number] = PendingProof(number, batch, chosen, {t.label for t in tasks})
+            for task in tasks:
+                self._run_or_submit(task)
+
+    def _run_or_submit(self, task: ProofTask) -> None:
+        if self.proofs is not None:
+            self.proofs.submit(task)
+            return
+        pending = self._pending[task.batch_number]  # no workers in this run: the proof runs here
+        try:
+            pending.results[task.label] = run_proof(task)
+        except Exception as error:  # noqa: BLE001 — recorded as proof-failed
+            pending.results[task.label] = error
+        if set(pending.results) == pending.expected:
+            del self._pending[task.batch_number]
+            self._conclude(pending)
+            self.proof_files.remove(pending.number)
 
     # ---- one batch of accepted requests ----
     def _serve_batch(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], round_index: int,
@@ -156,6 +199,7 @@ class ForgetService:
         engine.discard(after_tag)
         tasks.append(task(chosen, None, server_snapshot(server), after))
         self._pending[number] = PendingProof(number, batch, outcome, {t.label for t in tasks})
+        self.proof_files.save(number, tasks, outcome)  # a resumed run starts them again from here
         for proof in tasks:
             self.proofs.submit(proof)
         self._mark_done(batch, outcome)

@@ -20,17 +20,20 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from fedgan.batched_engine import BatchedEngine
 from fedgan.datasets import DatasetSplits
 from fedgan.engine import InProcessEngine, SiteEngine, SiteIds, SitesSnapshot, resolve_device
 from fedgan.federation import GeneratorServer
-from fedgan.forget import Resolution
+from fedgan.forget import ForgetRequest, Resolution
 from fedgan.preparation import prepare
 from fedgan.scenario import Scenario, scenario_from_dict
+from fedgan.storage import atomic_torch_save
 from fedgan.unlearning.base import METHODS, UnlearningJob, UnlearningMethod
 from fedgan.unlearning.certificate import MethodOutcome
 from fedgan.unlearning.intake import forget_classes, union
@@ -153,6 +156,51 @@ def run_proof(task: ProofTask) -> MethodOutcome:
     engine.close()
     return dataclasses.replace(outcome, started_at=started_at, finished_at=time.time(),
                                worker=f"{socket.gethostname()}:{os.getpid()}")
+
+
+PROOFS_DIR = "proofs"
+
+
+class ProofFiles:
+    """The tasks of every batch whose proof is still running, one file per batch in the run's ``proofs/`` folder
+    (written atomically before the tasks start, removed once the batch is certified): what a resumed run starts
+    again. Plain data only, so the files load with ``weights_only``."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def _path(self, number: int) -> Path:
+        return self.folder / f"batch-{number}.pt"
+
+    def save(self, number: int, tasks: list[ProofTask], chosen: MethodOutcome) -> None:
+        atomic_torch_save(self._path(number), {"tasks": [_task_to_plain(t) for t in tasks],
+                                               "chosen": dataclasses.asdict(chosen)})
+
+    def load(self, number: int) -> tuple[list[ProofTask], MethodOutcome]:
+        saved = torch.load(self._path(number), map_location="cpu", weights_only=True)
+        return [_task_from_plain(t) for t in saved["tasks"]], MethodOutcome(**saved["chosen"])
+
+    def remove(self, number: int) -> None:
+        self._path(number).unlink(missing_ok=True)
+
+
+def _task_to_plain(task: ProofTask) -> dict[str, Any]:
+    plain = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+    plain["batch"] = [{"request": r.request.to_dict(), "forget_classes": list(r.forget_classes),
+                       "forget_ids": {int(site): np.asarray(ids).tolist() for site, ids in r.forget_ids.items()}}
+                      for r in task.batch]
+    plain["forgotten_before"] = {int(site): np.asarray(ids).tolist() for site, ids in task.forgotten_before.items()}
+    plain["sites"] = None if task.sites is None else dataclasses.asdict(task.sites)
+    return plain
+
+
+def _task_from_plain(plain: dict[str, Any]) -> ProofTask:
+    batch = tuple(Resolution(ForgetRequest.from_dict(r["request"]),
+                             {site: np.asarray(ids, dtype=np.int64) for site, ids in r["forget_ids"].items()},
+                             tuple(r["forget_classes"])) for r in plain["batch"])
+    forgotten = {site: np.asarray(ids, dtype=np.int64) for site, ids in plain["forgotten_before"].items()}
+    sites = None if plain["sites"] is None else SitesSnapshot(**plain["sites"])
+    return ProofTask(**{**plain, "batch": batch, "forgotten_before": forgotten, "sites": sites})
 
 
 def proof_environment() -> dict[str, str]:
