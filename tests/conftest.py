@@ -60,3 +60,30 @@ def labelled_stripes(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     images = torch.cat([stripes(0, per_class, seed), stripes(1, per_class, seed + 1)])
     labels = torch.cat([torch.zeros(per_class, dtype=torch.long), torch.ones(per_class, dtype=torch.long)])
     return images, labels
+
+
+def kill_ray_left_since(started: float) -> list[int]:
+    """SIGKILL the processes of every Ray session created since `started` (a wall-clock time). A driver killed
+    with SIGKILL leaves Ray's DashboardAgent and RuntimeEnvAgent behind (re-parented to 1, their environment and
+    command line rewritten); they are found by the session folder their open files point into."""
+    import signal
+    from pathlib import Path
+
+    sessions = [p for p in Path("/tmp/ray").glob("session_2*") if p.stat().st_mtime >= started - 1]
+    if not sessions:
+        return []
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            targets = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+        except OSError:
+            continue
+        if any(str(session) in target for session in sessions for target in targets):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return killed

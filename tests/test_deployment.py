@@ -17,7 +17,7 @@ import torch
 from fedgan.engine import load_federation_data, site_positions
 from fedgan.forget import ForgetLedger
 from fedgan.results import scenario_to_toml
-from tests.conftest import tiny_scenario
+from tests.conftest import kill_ray_left_since, tiny_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -71,6 +71,7 @@ def test_the_apps_complete_a_federation_with_a_forget_request_across_processes(t
     logs = tmp_path / "logs"
     logs.mkdir()
     started: list[subprocess.Popen] = []
+    began = time.time()
 
     def start(name: str, *command: str) -> None:
         log = open(logs / f"{name}.log", "w")
@@ -106,11 +107,12 @@ def test_the_apps_complete_a_federation_with_a_forget_request_across_processes(t
         for process in started:
             process.wait(timeout=30)
         time.sleep(1)
-        for pid in processes_with_env(marker):  # Ray's agents, orphaned when their raylet went (seen)
+        for pid in processes_with_env(marker):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        pids |= set(kill_ray_left_since(began))  # Ray's agents, orphaned when their raylet went (seen)
 
     # Assert: the run finished through the deployment engine; the request was served and certified; every
     # process this test started is gone.

@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from fedgan.forget import ForgetLedger
 from fedgan.results import scenario_to_toml
-from tests.conftest import tiny_scenario
+from tests.conftest import kill_ray_left_since, tiny_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ("seconds", "speedup", "ran", "_at")
@@ -97,3 +98,49 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path):
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("fedgan: error: --resume:") and str(checkpoint) in line
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL every process whose environment holds `marker` (Ray's daemons outlive a killed driver)."""
+    import signal
+
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                continue
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+@pytest.mark.skipif(sys.platform != "linux", reason="process clean-up reads /proc")
+def test_a_flower_run_killed_mid_cascade_resumes_from_the_nodes_own_snapshots(tmp_path):
+    # Prepare: the same scenario through Flower; each node keeps its checkpoint snapshot in its own folder.
+    path = resume_scenario_file(tmp_path)
+    path.write_text(path.read_text().replace('name = "inprocess"', 'name = "flower"'))
+    marker = f"FEDGAN_TEST_RUN={tmp_path}"
+    os.environ["FEDGAN_TEST_RUN"] = str(tmp_path)
+    started = time.time()
+    try:
+        # Execute: uninterrupted; then killed in the cascade and resumed.
+        whole = fedgan(str(path), "--out", str(tmp_path / "whole"), "--quiet")
+        kill_marked(marker)
+        crashed = fedgan(str(path), "--out", str(tmp_path / "run"), "--quiet", fault="cascade")
+        kill_marked(marker)
+        resumed = fedgan("--resume", str(tmp_path / "run"))
+    finally:
+        kill_marked(marker)
+        kill_ray_left_since(started)
+        os.environ.pop("FEDGAN_TEST_RUN", None)
+
+    # Assert: the same summary as the uninterrupted Flower run (every field but timings).
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert crashed.returncode == -9, crashed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    b = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert a["engine"] == b["engine"] == "flower"
+    assert without_timings(b) == without_timings(a)
+    assert [v["state"] for v in ForgetLedger(tmp_path / "run" / "ledger.jsonl").states().values()] == ["certified"]
