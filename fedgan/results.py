@@ -7,8 +7,10 @@
     <out>/curves.png           generator / discriminator loss and FID_LeNet against rounds
     <out>/mixture.md, mixture.png  where there is a mixture to measure (`fedgan.evaluation.mixture`): per label,
                                each source's share among generated samples against the real share; site shares
-    <out>/checkpoint.pt        generator, its optimizer, sampling RNG, round, and site states where reachable
+    <out>/checkpoint.pt        what a resumed run continues from (fedgan.checkpoint)
+    <out>/ledger.jsonl         every forget request and its state (fedgan.forget.ForgetLedger)
     <out>/node-state/          under Flower: each node's state files (fedgan.node_state), written by the nodes
+    <out>/proofs/              proof tasks of forget batches not yet certified (fedgan.unlearning.proof)
 
 summary.json always has: dataset, num_sites, aggregator, rounds, wall_seconds, fid_lenet, kid, class_histogram
 (list of shares, one per class), evaluator_accuracy. Every file is written atomically (temporary file + rename);
