@@ -12,7 +12,7 @@ run exactly this code.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from fedgan.aggregation import get_aggregator, site_log_weights
 from fedgan.engine import SiteEngine, SiteInfo
 from fedgan.faults import fault_point
 from fedgan.models import Generator, build_generator
+from fedgan.reply_screen import screen_replies
 from fedgan.schedule import learning_rate_factor
 from fedgan.seeding import derive_seed, torch_generator
 
@@ -41,9 +42,13 @@ class RoundRecord:
     d_aggregate: float
     sites_answered: int
     seconds: float
+    rejected: dict[str, str] = field(default_factory=dict)  # site -> why its reply was not used (reply_screen)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": "round", **self.__dict__}
+        record = {"kind": "round", **self.__dict__}
+        if not self.rejected:
+            record.pop("rejected")
+        return record
 
 
 class GeneratorServer:
@@ -123,10 +128,11 @@ class GeneratorServer:
         z = torch.randn(t.batch_size, self.generator.latent_dim, generator=self.rng).to(self.device)
         labels = self.sample_labels(t.batch_size, self.rng)
         fake = self.generator(z, labels.to(self.device) if labels is not None else None)
-        replies = engine.train_round(self.round, fake.detach().cpu(), labels)
+        sent = fake.detach().cpu()
+        replies, rejected = screen_replies(engine.train_round(self.round, sent, labels), sent, t.reply_limit)
         fault_point("round")  # the sites have stepped, G has not
         if not replies:
-            raise RuntimeError(f"round {self.round}: no site answered")
+            raise RuntimeError(f"round {self.round}: no site answered with a usable reply ({rejected or 'none'})")
         # ---------------- aggregate: the generator's gradient from logits and input gradients ----------------
         present = [self.site_ids.index(site_id) for site_id in sorted(replies)]
         logits = torch.stack([replies[s].logits for s in sorted(replies)])  # (K', B)
@@ -149,6 +155,7 @@ class GeneratorServer:
             d_aggregate=d_aggregate,
             sites_answered=len(answered),
             seconds=time.perf_counter() - started,
+            rejected={str(site): reason for site, reason in sorted(rejected.items())},
         )
 
     # ---- persistence ----

@@ -75,6 +75,7 @@ class TrainingConfig:
     r1_target: str = "logit"
     lr_schedule: str = "constant"
     checkpoint_every: int = 100  # rounds between checkpoints (0: only after forget requests and at the end)
+    reply_limit: float = 1e4  # a site reply with a larger |logit| or |input gradient| is rejected (reply_screen)
 
 
 @dataclass(frozen=True)
@@ -388,6 +389,8 @@ def validate(s: Scenario) -> None:
     _require(not s.compare.seeds or s.compare.aggregators, "compare.seeds", "given without compare.aggregators",
              'list the aggregators to compare, e.g. aggregators = ["ua", "avg"]')
     _validate_partition_options(s)
+    _require(s.training.reply_limit > 0, "training.reply-limit", f"got {s.training.reply_limit}",
+             "use a positive bound on |logit| and |input gradient| (1e4 by default)")
     _require(s.training.checkpoint_every >= 0, "training.checkpoint-every", f"got {s.training.checkpoint_every}",
              "use 0 (checkpoints only after forget requests and at the end) or a number of rounds")
     _validate_unlearning(s)

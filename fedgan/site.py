@@ -56,6 +56,7 @@ class SiteReply:
     d_loss: float  # D_j's loss on its last local step
     d_real: float  # mean D_j(real) on that step (probability)
     d_fake: float  # mean D_j(x̂) on that step (probability)
+    problem: str | None = None  # set by a transport that could not decode the site's answer (never by a site)
 
 
 class Site:

@@ -145,10 +145,24 @@ class FlowerEngine:
             if reply.has_error():  # the node's sites are dropped this round; the aggregation renormalises
                 continue
             self.traffic.bytes_up += record_bytes(reply.content.values())
-            decoded = self._decode(reply.content)
+            decoded = self._decode_or_reject(reply.content, self.sites_of_node.get(reply.metadata.src_node_id, []))
             self._log("up", round_index, sorted(decoded), reply.content)
             replies.update(decoded)
         return dict(sorted(replies.items()))
+
+    @classmethod
+    def _decode_or_reject(cls, content: RecordDict, sites: list[int]) -> dict[int, SiteReply]:
+        """The node's replies; a reply that cannot be decoded (missing keys, wrong sizes) becomes a rejected reply
+        of each of the node's sites, which the server's screen drops with this reason."""
+        try:
+            decoded = cls._decode(content)
+            if sorted(decoded) != sorted(sites):
+                raise ValueError(f"the reply names sites {sorted(decoded)}, the node hosts {sorted(sites)}")
+            return decoded
+        except Exception as error:  # noqa: BLE001 — a hostile or broken node must not stop the round
+            nan = float("nan")
+            return {site: SiteReply(None, None, nan, nan, nan, problem=f"undecodable reply: {error}")
+                    for site in sites}
 
     @staticmethod
     def _decode(content: RecordDict) -> dict[int, SiteReply]:
