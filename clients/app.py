@@ -21,6 +21,7 @@ from flwr.clientapp import ClientApp
 
 from fedgan import protocol as P
 from fedgan.engine import build_site, resolve_device
+from fedgan.faults import site_fault
 from fedgan.node_state import NodeStateStore, node_folder
 from fedgan.scenario import scenario_from_dict
 from fedgan.site_group import SiteGroup
@@ -152,9 +153,10 @@ def setup(msg: Message, context: Context) -> Message:
 @app.train(P.action(P.TRAIN_ROUND))
 def train_round(msg: Message, context: Context) -> Message:
     """One round at this node's sites: D step(s) on real vs the received batch; logits and input gradients back."""
+    round_index = msg.content[P.CONFIG][P.ROUND] if P.CONFIG in msg.content else None
+    site_fault(_partition_id(context), "round", None if round_index is None else int(round_index))  # tests only
     group = _load_group(context)
     arrays = msg.content[P.ARRAYS]
-    round_index = msg.content[P.CONFIG][P.ROUND] if P.CONFIG in msg.content else None
     replies = group.train_round(_tensor(arrays, P.FAKE), _tensor(arrays, P.LABELS),
                                 int(round_index) if round_index is not None else None)
     _save_group(context, group)
@@ -220,6 +222,7 @@ def forget(msg: Message, context: Context) -> Message:
 @app.train(P.action(P.UNLEARN))
 def unlearn(msg: Message, context: Context) -> Message:
     """One site-side unlearning stage at each named site of this node; reply with the statistics per site."""
+    site_fault(_partition_id(context), "unlearn")  # tests only
     group = _load_group(context)
     arrays = msg.content[P.ARRAYS]
     fake, labels = _tensor(arrays, P.FAKE), _tensor(arrays, P.LABELS)

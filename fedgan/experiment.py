@@ -207,9 +207,14 @@ class Checkpointer:
             self.write(round_index)
 
     def write(self, round_index: int) -> None:
-        """A checkpoint of the run after training round `round_index`."""
+        """A checkpoint of the run after training round `round_index` (skipped, and logged, when a site cannot
+        keep its snapshot: the previous checkpoint stays the one to resume from)."""
         tag = f"{self.TAG}-{self._written % 2}"
-        self.engine.snapshot(tag)
+        try:
+            self.engine.snapshot(tag)
+        except RuntimeError as error:
+            self.recorder.log({"kind": "checkpoint", "round": round_index, "skipped": str(error)[:300]})
+            return
         at_sites = getattr(self.engine, "keeps_state_at_sites", False)
         sites = None if at_sites else self.engine.export_snapshot(tag)
         if not at_sites:

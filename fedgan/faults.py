@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENVIRONMENT = "FEDGAN_FAULT"
+SITE_ENVIRONMENT = "FEDGAN_SITE_FAULT"  # KIND:PARTITION:ACTION[:ROUND[:SECONDS]], e.g. raise:1:round:3
+SITE_FAULTS = ("raise", "hang", "vanish")
 POINTS = ("round", "cascade", "retrain", "evaluation", "checkpoint-write")
 _reached: dict[str, int] = {}
 
@@ -27,3 +30,24 @@ def fault_point(name: str) -> None:
     _reached[name] = _reached.get(name, 0) + 1
     if _reached[name] >= int(times or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def site_fault(partition_id: int, action: str, round_index: int | None = None) -> None:
+    """A node's fault, for tests of the real Flower path: `FEDGAN_SITE_FAULT=KIND:PARTITION:ACTION[:ROUND[:SECONDS]]`
+    makes node PARTITION, on message ACTION (``round``, ``unlearn``) of round ROUND (``*`` or left out: any), raise
+    (``raise``: an error reply), sleep SECONDS (``hang``, 30 by default: past `engine.round-timeout`) or end its
+    worker process (``vanish``)."""
+    wanted = os.environ.get(SITE_ENVIRONMENT)
+    if not wanted:
+        return
+    kind, partition, wanted_action, *rest = wanted.split(":")
+    if int(partition) != partition_id or wanted_action != action:
+        return
+    if rest and rest[0] != "*" and round_index is not None and int(rest[0]) != round_index:
+        return
+    if kind == "raise":
+        raise RuntimeError(f"injected fault: node {partition_id} fails {action}")
+    if kind == "hang":
+        time.sleep(float(rest[1]) if len(rest) > 1 else 30.0)
+    elif kind == "vanish":
+        os._exit(1)

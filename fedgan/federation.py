@@ -43,11 +43,13 @@ class RoundRecord:
     sites_answered: int
     seconds: float
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why its reply was not used (reply_screen)
+    dropped: dict[str, str] = field(default_factory=dict)  # site -> why it gave no reply (engine: error, timeout)
 
     def as_dict(self) -> dict[str, Any]:
         record = {"kind": "round", **self.__dict__}
-        if not self.rejected:
-            record.pop("rejected")
+        for key in ("rejected", "dropped"):
+            if not record[key]:
+                record.pop(key)
         return record
 
 
@@ -156,6 +158,7 @@ class GeneratorServer:
             sites_answered=len(answered),
             seconds=time.perf_counter() - started,
             rejected={str(site): reason for site, reason in sorted(rejected.items())},
+            dropped={str(site): reason for site, reason in sorted(getattr(engine, "dropped", {}).items())},
         )
 
     # ---- persistence ----

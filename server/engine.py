@@ -52,15 +52,16 @@ class FlowerEngine:
         self.node_of_site: dict[int, int] = {}
         self.sites_of_node: dict[int, list[int]] = {}
         self.traffic = Traffic()
+        self.dropped: dict[int, str] = {}  # sites that gave no reply in the last round, with the reason
         self.wire_log = wire_log  # when a list is given, every message's keys/shapes are appended (tests)
 
     # ---- one exchange: push, wake the dispatcher, pull ----
-    def _exchange(self, messages: list[Message]) -> list[Message]:
+    def _exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
         """Push `messages`, then pull every `engine.poll-interval` until every reply is in or `engine.round-timeout`
         has passed (replaces `Grid.send_and_receive`, whose pulls sleep 0.1 s in simulation and 3 s in deployment)."""
         waiting = set(self.grid.push_messages(messages))
         notify_pushed()
-        deadline = time.monotonic() + self.scenario.engine.round_timeout
+        deadline = time.monotonic() + (self.scenario.engine.round_timeout if timeout is None else timeout)
         replies: list[Message] = []
         while waiting and time.monotonic() < deadline:
             pulled = list(self.grid.pull_messages(waiting))
@@ -95,7 +96,8 @@ class FlowerEngine:
             forgotten = None
         infos: dict[int, SiteInfo] = {}
         node_of_site: dict[int, int] = {}
-        for reply in self._exchange(messages):
+        # Joining waits longer than a round: a node's first message imports torch and builds its shards.
+        for reply in self._exchange(messages, max(self.scenario.engine.round_timeout, NODE_WAIT_SECONDS)):
             if reply.has_error():
                 raise RuntimeError(f"a site failed to start: {reply.error.reason}")
             arrays = reply.content[P.ARRAYS]
@@ -141,13 +143,21 @@ class FlowerEngine:
             self.traffic.bytes_down += record_bytes(content.values())
             self._log("down", round_index, self.sites_of_node[node], content)
         replies: dict[int, SiteReply] = {}
+        self.dropped = {}
+        answered: set[int] = set()
         for reply in self._exchange(messages):
+            answered.add(reply.metadata.src_node_id)
             if reply.has_error():  # the node's sites are dropped this round; the aggregation renormalises
+                for site in self.sites_of_node.get(reply.metadata.src_node_id, []):
+                    self.dropped[site] = f"error reply: {reply.error.reason}"[:300]
                 continue
             self.traffic.bytes_up += record_bytes(reply.content.values())
             decoded = self._decode_or_reject(reply.content, self.sites_of_node.get(reply.metadata.src_node_id, []))
             self._log("up", round_index, sorted(decoded), reply.content)
             replies.update(decoded)
+        for node in set(self.sites_of_node) - answered:
+            for site in self.sites_of_node[node]:
+                self.dropped[site] = f"no reply within engine.round-timeout ({self.scenario.engine.round_timeout:g} s)"
         return dict(sorted(replies.items()))
 
     @classmethod
