@@ -16,7 +16,7 @@ fi
 [ -n "$python" ] || { echo "setup.sh: Python 3.11 not found; set PYTHON=/path/to/python3.11" >&2; exit 2; }
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-if [ ! -x .venv/bin/fedgan ] || ! .venv/bin/python -c 'import flwr, torch, torchvision, torchmetrics, pytest' 2>/dev/null; then
+if [ ! -x .venv/bin/fedgan ] || ! .venv/bin/python -c 'import flwr, torch, torchvision, torchmetrics, pytest, hypothesis' 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]"
 fi

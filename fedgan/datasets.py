@@ -112,7 +112,7 @@ def load_dataset(name: str, root: str | None = None, **options: Any) -> DatasetS
     for key in options:
         if key not in allowed:
             choices = f"use one of: {', '.join(allowed)}" if allowed else "this dataset takes no options"
-            raise DataError(f"data.{key}", f"unknown option for dataset {name!r}", choices)
+            raise DataError(f"data.{key.replace('_', '-')}", f"unknown option for dataset {name!r}", choices)
     return loader(root=root, **options)
 
 
@@ -488,7 +488,7 @@ def draw_shapes(labels: np.ndarray, rng: np.random.Generator, size: int = 28) ->
 
 def _check_count(field: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DataError(f"data.{field}", f"got {value!r}", f"expected an integer >= {minimum}")
+        raise DataError(f"data.{field.replace('_', '-')}", f"got {value!r}", f"use an integer >= {minimum}")
     return int(value)
 
 

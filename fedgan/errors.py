@@ -15,6 +15,9 @@ class FedganError(Exception):
         self.fix = fix
         super().__init__(f"{field}: {problem}; {fix}")
 
+    def __reduce__(self):  # picklable with its three parts (an error raised in a --jobs worker process)
+        return (type(self), (self.field, self.problem, self.fix))
+
 
 class ScenarioError(FedganError):
     """A scenario file is malformed or contradicts itself."""

@@ -54,7 +54,7 @@ def _check_options(scheme: str, partitioner: Partitioner, options: dict[str, Any
     for key in options:
         if key not in allowed:
             fix = f"use one of: {', '.join(allowed)}" if allowed else "this scheme takes no options"
-            raise ScenarioError(f"partition.{key}", f"unknown option for scheme {scheme!r}", fix)
+            raise ScenarioError(f"partition.{key.replace('_', '-')}", f"unknown option for scheme {scheme!r}", fix)
 
 
 def _check_site_count(num_sites: int, num_items: int) -> None:

@@ -5,14 +5,21 @@ Shared by the experiment (`fedgan.experiment.run_experiment`), the scenario runn
 """
 from __future__ import annotations
 
+import torch
+
 from fedgan.datasets import DatasetSplits
 from fedgan.engine import load_federation_data, load_full_data, site_positions
+from fedgan.errors import FedganError
 from fedgan.evaluation.classifier import Evaluator, load_or_train_evaluator
 from fedgan.scenario import Scenario
 
 
 def prepare(scenario: Scenario) -> tuple[DatasetSplits, Evaluator]:
     """Load the data, check the partition, and get the evaluator: everything that can fail on bad input."""
+    device = scenario.engine.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FedganError("engine.device", f"got {device!r}, but this machine has no CUDA device",
+                          'use device = "auto" (CUDA where there is one) or "cpu"')
     splits = load_federation_data(scenario)
     site_positions(scenario)  # raises on a contradictory partition before anything is written
     evaluator = evaluator_for(scenario, load_full_data(scenario))

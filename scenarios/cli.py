@@ -6,7 +6,11 @@ code 2, no traceback, and nothing written.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,10 +19,21 @@ from fedgan.errors import FedganError
 from scenarios.forget_cli import add_forget_parser, cmd_forget
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming the flag (``fedgan: error: --site: invalid int value: 'x'``),
+    exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = re.sub(r"^argument ([^:]+): ", lambda m: m.group(1).split("/")[0] + ": ", message)
+        print(f"fedgan: error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedgan", description="Federated GAN (UA-GAN) unlearning simulator.")
+    parser = OneLineParser(prog="fedgan", description="Federated GAN (UA-GAN) unlearning simulator.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a scenario and write its results")
     run.add_argument("scenario", nargs="?", help="a scenario file, or the name of a shipped one (e.g. quickstart)")
@@ -125,6 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedganError as error:
         print(f"fedgan: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as error:  # a failure inside the run, not bad input: one line, the traceback kept in a file
+        if os.environ.get("FEDGAN_DEBUG"):
+            raise
+        log = Path(tempfile.gettempdir()) / f"fedgan-error-{os.getpid()}.log"
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        line = (str(error).strip().splitlines() or [""])[0][:300]
+        print(f"fedgan: failed: {type(error).__name__}: {line} (traceback in {log}; FEDGAN_DEBUG=1 shows it)",
+              file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

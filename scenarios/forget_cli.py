@@ -30,7 +30,7 @@ def add_forget_parser(commands: argparse._SubParsersAction) -> None:
 def _parse_ids(text: str, field: str) -> list[int]:
     """``"17, 42 99"`` -> [17, 42, 99]; anything that is not a non-negative integer is refused by name."""
     tokens = [t for t in re.split(r"[,\s]+", text) if t]
-    bad = [t for t in tokens if not t.isdigit()]
+    bad = [t for t in tokens if not (t.isascii() and t.isdigit())]  # "²".isdigit() is True, int("²") fails
     if bad:
         raise FedganError(field, f"{bad[0]!r} is not an item id", "give non-negative integers, e.g. 17,42,99")
     if not tokens:
@@ -44,7 +44,14 @@ def _items(args: argparse.Namespace) -> list[int]:
     path = Path(args.items_file)
     if not path.is_file():
         raise FedganError("--items-file", f"file {str(path)!r} not found", "give a file of item ids")
-    return _parse_ids(path.read_text(encoding="utf-8"), "--items-file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FedganError("--items-file", f"{str(path)!r} is not UTF-8 text", "give a text file of item ids") from None
+    except OSError as error:
+        raise FedganError("--items-file", f"{str(path)!r} cannot be read ({error.strerror})",
+                          "give a readable file of item ids") from None
+    return _parse_ids(text, "--items-file")
 
 
 def _run_dir(text: str) -> Path:

@@ -103,14 +103,21 @@ def run_flower(scenario: Scenario, out: Path, progress: ProgressFn | None,
     install_dispatcher()  # the dispatcher wakes when the server pushes, instead of every 0.1 s
 
     result: dict[str, Any] = {}
+    errors: list[BaseException] = []
     server_app = make_server_app(scenario, out, progress=progress, on_done=result.update, wire_log=wire_log,
-                                 resume=resume)
+                                 resume=resume, on_error=errors.append)
     backend_config = {
         "client_resources": {"num_cpus": scenario.engine.num_cpus, "num_gpus": scenario.engine.num_gpus},
         "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": True},
     }
     nodes = num_nodes(scenario.sites.per_node, scenario.sites.count)  # one SuperNode per site group
-    run_simulation(server_app, client_app, num_supernodes=nodes, backend_config=backend_config)
+    try:
+        run_simulation(server_app, client_app, num_supernodes=nodes, backend_config=backend_config)
+    except Exception:
+        if not errors:
+            raise
+    if errors:  # the ServerApp's own error, as raised (a FedganError keeps its field)
+        raise errors[0]
     if not result:
         raise RuntimeError("the Flower simulation ended without a result (see the log above)")
     return result

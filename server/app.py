@@ -32,6 +32,7 @@ def make_server_app(
     on_done: Callable[[dict[str, Any]], None] | None = None,
     wire_log: list[dict[str, Any]] | None = None,
     resume: bool = False,
+    on_error: Callable[[BaseException], None] | None = None,
 ) -> ServerApp:
     """A ServerApp bound to one scenario and run directory (for `run_simulation`, where run config is empty)."""
     server_app = ServerApp()
@@ -39,8 +40,13 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         engine = FlowerEngine(grid, scenario, wire_log, state_dir=Path(out_dir) / NODE_STATE_DIR)
-        summary = run_experiment(scenario, engine, out_dir, progress=progress, proofs=proof_pool(scenario),
-                                 resume=resume)
+        try:
+            summary = run_experiment(scenario, engine, out_dir, progress=progress, proofs=proof_pool(scenario),
+                                     resume=resume)
+        except BaseException as error:  # handed to the caller as it was raised (Flower would wrap or log it)
+            if on_error is not None:
+                on_error(error)
+            raise
         if on_done is not None:
             on_done(summary)
 

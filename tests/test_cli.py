@@ -121,3 +121,31 @@ def test_an_unknown_scenario_name_lists_the_shipped_ones(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert err.startswith("fedgan: error: scenario: 'quickstrat' is neither a file nor a shipped scenario")
     assert "quickstart" in err and "smoke" in err
+
+
+def test_a_fedgan_error_survives_a_worker_process_with_its_field():
+    import pickle
+
+    from fedgan.errors import FedganError, ScenarioError
+
+    error = pickle.loads(pickle.dumps(ScenarioError("training.rounds", "got 0", "use 1 or more")))
+    assert isinstance(error, FedganError) and error.field == "training.rounds" and str(error).startswith(
+        "training.rounds: got 0")
+
+
+@pytest.mark.flower
+def test_an_error_inside_a_flower_run_reaches_the_command_line_as_one_line_with_its_field(tmp_path, capsys):
+    # A resume through Flower whose checkpoint is damaged: the ServerApp raises inside the simulation.
+    from fedgan.results import scenario_to_toml
+    from scenarios.runner import run_flower
+    from tests.conftest import tiny_scenario
+
+    scenario = tiny_scenario(engine={"name": "flower", "num-cpus": 1})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "scenario.toml").write_text(scenario_to_toml(scenario))
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    from fedgan.errors import FedganError
+
+    with pytest.raises(FedganError, match="--resume: .*checkpoint.pt is damaged"):
+        run_flower(scenario, out, None, resume=True)
