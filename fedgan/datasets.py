@@ -111,7 +111,8 @@ def load_dataset(name: str, root: str | None = None, **options: Any) -> DatasetS
     allowed = [key for key in inspect.signature(loader).parameters if key != "root"]
     for key in options:
         if key not in allowed:
-            choices = f"use one of: {', '.join(allowed)}" if allowed else "this dataset takes no options"
+            choices = (f"use one of: {', '.join(k.replace('_', '-') for k in allowed)}" if allowed
+                       else "this dataset takes no options")
             raise DataError(f"data.{key.replace('_', '-')}", f"unknown option for dataset {name!r}", choices)
     return loader(root=root, **options)
 

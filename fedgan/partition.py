@@ -53,7 +53,8 @@ def _check_options(scheme: str, partitioner: Partitioner, options: dict[str, Any
     allowed = list(inspect.signature(partitioner).parameters)[3:]  # after dataset, num_sites, rng
     for key in options:
         if key not in allowed:
-            fix = f"use one of: {', '.join(allowed)}" if allowed else "this scheme takes no options"
+            fix = (f"use one of: {', '.join(k.replace('_', '-') for k in allowed)}" if allowed
+                   else "this scheme takes no options")
             raise ScenarioError(f"partition.{key.replace('_', '-')}", f"unknown option for scheme {scheme!r}", fix)
 
 

@@ -355,7 +355,7 @@ def test_synthetic_classes_are_separable_by_nearest_class_mean() -> None:
 @pytest.mark.parametrize("option", [{"num_train": 0}, {"num_test": -1}, {"seed": "x"}])
 def test_synthetic_rejects_bad_sizes(option: dict) -> None:
     # Execute / Assert
-    with pytest.raises(DataError, match=f"data.{next(iter(option))}"):
+    with pytest.raises(DataError, match=f"data.{next(iter(option)).replace('_', '-')}"):
         load_dataset("synthetic", **option)
 
 
@@ -446,4 +446,4 @@ def test_unknown_option_names_the_data_field() -> None:
         load_dataset("synthetic", num_trian=10)
 
     # Assert
-    assert caught.value.field == "data.num_trian" and "num_train" in caught.value.fix
+    assert caught.value.field == "data.num-trian" and "num-train" in caught.value.fix

@@ -24,7 +24,11 @@ def round_lines(run_dir):
 def flower_run(tmp_path, fault, **overrides):
     scenario = tiny_scenario(training={"rounds": 5}, evaluation={"every": 0},
                              engine={"name": "flower", "num-cpus": 1, "round-timeout": 4.0}, **overrides)
-    os.environ[SITE_ENVIRONMENT] = fault  # the simulation's workers inherit it
+    import ray
+
+    if ray.is_initialized():  # a Ray instance of an earlier test: its workers would not see the variable
+        ray.shutdown()
+    os.environ[SITE_ENVIRONMENT] = fault  # the simulation's workers inherit it when Ray starts
     try:
         return run_scenario(scenario, tmp_path / "run")
     finally:
