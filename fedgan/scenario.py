@@ -144,6 +144,7 @@ class UnlearningConfig:
     eval_samples: int = 2000
     downstream_samples: int = 3000
     downstream_epochs: int = 2
+    membership_attack: bool = True  # item requests: the simulated attacker's query.logits channel (off: no MIA)
     proof_workers: Any = "auto"
     proof_threads: int = 1
     proof_gpus: float = 0.0

@@ -103,6 +103,7 @@ class FlowerEngine:
             arrays = reply.content[P.ARRAYS]
             site_ids = np.array(arrays[P.SITE_IDS].numpy()).tolist()
             counts = np.array(arrays[P.CLASS_COUNTS].numpy())
+            self._log("up", None, site_ids, reply.content, P.SETUP)
             if any(site in infos or not 0 <= site < self.scenario.sites.count for site in site_ids):
                 continue  # an extra node beyond the scenario's sites, or a duplicate partition id: unused
             for site, row in zip(site_ids, counts):
@@ -121,14 +122,16 @@ class FlowerEngine:
         return [infos[j] for j in sorted(infos)]
 
     def _setup_message(self, node: int, forgotten: SiteIds | None) -> Message:
-        config: dict[str, Any] = {P.SCENARIO_JSON: self.scenario.to_json()}
+        # The scenario without its [[forget]] schedule: no node learns which items other sites will forget.
+        config: dict[str, Any] = {P.SCENARIO_JSON: self.scenario.replace(forget=()).to_json()}
         if self.state_dir is not None:
             config[P.STATE_DIR] = str(self.state_dir)
         mine = {s: ids for s, ids in (forgotten or {}).items() if s in self.sites_of_node.get(node, ())}
         if mine:  # only the node's own sites' ids: no node learns what another site forgot
             config[P.FORGOTTEN_JSON] = json.dumps({str(s): np.asarray(ids).tolist() for s, ids in mine.items()})
-        return Message(RecordDict({P.CONFIG: ConfigRecord(config)}), dst_node_id=node, message_type=P.SETUP,
-                       group_id="setup")
+        content = RecordDict({P.CONFIG: ConfigRecord(config)})
+        self._log("down", None, self.sites_of_node.get(node, []), content, P.SETUP)
+        return Message(content, dst_node_id=node, message_type=P.SETUP, group_id="setup")
 
     # ---- one round ----
     def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
@@ -183,20 +186,31 @@ class FlowerEngine:
         stats = np.array(arrays[P.D_STATS].numpy(), dtype=np.float64)
         return {site: SiteReply(logits[k], input_grads[k], *map(float, stats[k])) for k, site in enumerate(site_ids)}
 
-    def _log(self, direction: str, round_index: int, sites: list[int], content: RecordDict) -> None:
+    def _log(self, direction: str, round_index: int | None, sites: list[int], content: RecordDict,
+             message_type: str = P.TRAIN_ROUND) -> None:
+        """One wire-log entry (tests): the message type, the node's sites, every record's keys and array shapes,
+        a fingerprint of every image, and what the privacy test checks: whose item ids a message carries."""
         if self.wire_log is None:
             return
-        entry: dict[str, Any] = {"direction": direction, "round": round_index, "sites": sites, "records": {},
-                                 "image_row_hashes": []}
+        entry: dict[str, Any] = {"direction": direction, "type": message_type, "round": round_index, "sites": sites,
+                                 "records": {}, "image_row_hashes": [], "id_sites": [],
+                                 "measurement": message_type == P.QUERY_LOGITS}  # the attacker's channel
         for name, record in content.items():
             if isinstance(record, ArrayRecord):
                 entry["records"][name] = {k: list(v.shape) for k, v in record.items()}
+                for key in (P.ID_SITES, P.FORGET_SITES):
+                    if key in record:
+                        entry["id_sites"] += np.unique(np.array(record[key].numpy())).tolist()
                 for array in record.values():
                     if len(array.shape) >= 4:  # image-shaped payloads: fingerprint every image for the privacy test
                         rows = np.array(array.numpy()).reshape(-1, *array.shape[-3:])
                         entry["image_row_hashes"] += [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
             else:
                 entry["records"][name] = sorted(record.keys())
+                if P.FORGOTTEN_JSON in record:
+                    entry["id_sites"] += [int(site) for site in json.loads(str(record[P.FORGOTTEN_JSON]))]
+                if P.SCENARIO_JSON in record:
+                    entry["scenario_forget"] = json.loads(str(record[P.SCENARIO_JSON]))["forget"]
         self.wire_log.append(entry)
 
     # ---- forget requests ----
@@ -207,12 +221,14 @@ class FlowerEngine:
         for node, content in sorted(contents.items()):
             messages.append(Message(content, dst_node_id=node, message_type=message_type, group_id=message_type))
             self.traffic.bytes_down += record_bytes(content.values())
+            self._log("down", None, self.sites_of_node[node], content, message_type)
         replies: dict[int, RecordDict] = {}
         for reply in self._exchange(messages):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 raise RuntimeError(f"sites {self.sites_of_node[node]} failed {message_type}: {reply.error.reason}")
             self.traffic.bytes_up += record_bytes(reply.content.values())
+            self._log("up", None, self.sites_of_node[node], reply.content, message_type)
             replies[node] = reply.content
         missing = sorted(s for node in set(contents) - set(replies) for s in self.sites_of_node[node])
         if missing:

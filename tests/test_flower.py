@@ -92,7 +92,7 @@ def test_messages_carry_no_weights_and_no_real_images(flower_and_inprocess):
     param_shapes = {tuple(p.shape) for p in build_site(scenario, 0).discriminator.state_dict().values()}
     # The wire log covers the training protocol (TRAIN_ROUND messages). The forget-request measurement channel
     # (QUERY_LOGITS: the simulated attacker's candidate images) is not training traffic and is documented as such.
-    for entry in wire_log:
+    for entry in (e for e in wire_log if e["type"] == P.TRAIN_ROUND):
         arrays = entry["records"][P.ARRAYS]
         allowed = P.DOWN_ARRAY_KEYS if entry["direction"] == "down" else P.UP_ARRAY_KEYS
         assert set(arrays) <= allowed, entry
@@ -114,6 +114,42 @@ def test_messages_carry_no_weights_and_no_real_images(flower_and_inprocess):
     assert len(sent) > 0 and not (sent & real)
 
 
+UP_ARRAYS = {P.SETUP: {P.SITE_IDS, P.CLASS_COUNTS}, P.TRAIN_ROUND: P.UP_ARRAY_KEYS, P.QUERY_LOGITS: {P.LOGITS}}
+
+
+def test_every_message_type_keeps_images_weights_and_other_sites_ids_at_their_site(flower_and_inprocess):
+    scenario, out, _, _, wire_log = flower_and_inprocess
+    # Every kind of message of a run with an item request went over the wire and was logged.
+    types = {entry["type"] for entry in wire_log}
+    assert {P.SETUP, P.TRAIN_ROUND, P.SNAPSHOT, P.EXCLUDE, P.UNLEARN, P.FORGET, P.DISCARD} <= types, types
+    param_shapes = {tuple(p.shape) for p in build_site(scenario, 0).discriminator.state_dict().values()}
+    train = load_federation_data(scenario).train
+    real = {hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in train.float_images()}
+    real |= {hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in train.images}
+    for entry in wire_log:
+        # No node learns another site's item ids, nor the scenario's forget schedule.
+        assert set(entry["id_sites"]) <= set(entry["sites"]) or entry["type"] == P.SETUP and not entry["sites"], entry
+        assert entry.get("scenario_forget", []) == [], entry
+        images = set(entry["image_row_hashes"])
+        if entry["direction"] == "up":
+            arrays = entry["records"].get(P.ARRAYS, {})
+            assert set(arrays) <= UP_ARRAYS.get(entry["type"], set()), entry  # stages and commands: statistics only
+            for shape in arrays.values():  # no discriminator weight: only per-site or per-sample payloads
+                assert tuple(shape[1:]) not in param_shapes or shape[0] == len(entry["sites"]), entry
+            assert not images & real, entry  # no real image leaves a site
+        elif not entry["measurement"]:
+            assert not images & real, entry  # only the attacker's channel (query.logits) carries real images down
+    # After the request, no file of the run directory holds a forgotten item's pixels (as uint8 or float32).
+    forgotten = scenario.forget[0].items
+    positions = [int(np.flatnonzero(train.ids.numpy() == item)[0]) for item in forgotten]
+    needles = [train.images[p].numpy().tobytes() for p in positions]
+    needles += [train.float_images()[p].numpy().tobytes() for p in positions]
+    for path in (out / "flower").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(needle in data for needle in needles), path
+
+
 def test_site_groups_under_flower_give_the_numbers_of_the_same_groups_in_process(tmp_path):
     # Prepare: 5 sites in nodes of 2 (groups of 2, 2 and 1), a conditional G with per-class weights, and a class
     # request served at one site of a group; the same scenario through Flower and through the batched engine.
@@ -133,7 +169,7 @@ def test_site_groups_under_flower_give_the_numbers_of_the_same_groups_in_process
                            tmp_path / "batched")
 
     # Assert: one message per node and round, carrying its sites' answers; the same numbers as in process.
-    first_round = [e for e in wire_log if e["direction"] == "up"][:3]  # three nodes answer round 1
+    first_round = [e for e in wire_log if e["direction"] == "up" and e["type"] == P.TRAIN_ROUND][:3]  # round 1
     assert {e["round"] for e in first_round} == {1} and sorted(len(e["sites"]) for e in first_round) == [1, 2, 2]
     a, b = _round_lines(tmp_path / "flower"), _round_lines(tmp_path / "batched")
     for key in ("generator_loss", "discriminator_loss", "d_aggregate"):

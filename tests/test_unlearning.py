@@ -333,3 +333,25 @@ def test_a_run_directory_that_holds_a_run_is_refused_before_anything_is_written(
     with pytest.raises(FedganError, match="--out: .* already holds a run"):
         run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)
     assert (tmp_path / "metrics.jsonl").read_bytes() == before
+
+
+class CountingQueries(InProcessEngine):
+    def __init__(self, scenario, device):
+        super().__init__(scenario, device)
+        self.queries = 0
+
+    def query_logits(self, site_id, images, labels):
+        self.queries += 1
+        return super().query_logits(site_id, images, labels)
+
+
+@pytest.mark.parametrize("attack", [True, False])
+def test_the_membership_attack_channel_can_be_switched_off(tmp_path, attack):
+    base = forget_scenario(["finetune"], [])
+    scenario = tiny_scenario(training={"rounds": 3}, evaluation={"every": 0},
+                             unlearning={**FAST_UNLEARNING, "methods": ["finetune"], "membership-attack": attack},
+                             forget=[{"site": 1, "items": site_items(base, 1, 4), "round": 2}])
+    engine = CountingQueries(scenario, "cpu")
+    (entry,) = run_experiment(scenario, engine, tmp_path)["unlearning"]
+    assert ("mia_auc_forget_vs_nonmember" in entry) == attack
+    assert (engine.queries > 0) == attack  # off: not one candidate image is sent to a site

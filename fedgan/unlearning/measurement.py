@@ -60,7 +60,7 @@ class ForgettingProbe:
             metrics = dict(shared)
             if resolution.forget_classes:
                 metrics["forget_class_rate"] = forget_class_rate(self.evaluator, fake, resolution.forget_classes)
-            if resolution.request.kind == "items":
+            if resolution.request.kind == "items" and self.config.membership_attack:
                 metrics.update(self._membership(engine, resolution, index))
             out[index] = metrics
         return out
