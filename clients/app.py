@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedgan import protocol as P
-from fedgan.engine import build_site, resolve_device
+from fedgan.engine import build_site, resolve_device, site_thread_count
 from fedgan.faults import site_fault
 from fedgan.node_state import NodeStateStore, node_folder
 from fedgan.scenario import scenario_from_dict
@@ -36,6 +36,7 @@ app = ClientApp()
 # cached object never carries stale weights.
 _GROUPS: OrderedDict[tuple[str, int], tuple[SiteGroup, tuple]] = OrderedDict()
 _MAX_CACHED_GROUPS = 64
+_THREADS: dict[str, int] = {}  # scenario JSON -> torch threads of its sites
 
 
 def _group_for(scenario_json: str, partition_id: int, fresh: bool = False) -> SiteGroup:
@@ -44,6 +45,7 @@ def _group_for(scenario_json: str, partition_id: int, fresh: bool = False) -> Si
         _GROUPS.move_to_end(key)
         return _GROUPS[key][0]
     scenario = scenario_from_dict(json.loads(scenario_json))
+    _THREADS[scenario_json] = site_thread_count(scenario)
     sites = P.node_sites(partition_id, scenario.sites.per_node, scenario.sites.count)
     device = resolve_device(scenario.engine.device)
     group = SiteGroup([build_site(scenario, site_id, device) for site_id in sites], scenario.engine.batching)
@@ -77,6 +79,7 @@ def _load_group(context: Context, changes: bool = True) -> SiteGroup:
     """
     key, version = _key_and_version(context)
     group = _group_for(*key)
+    torch.set_num_threads(_THREADS.get(key[0], 1))  # as every engine's sites (fedgan.engine.site_thread_count)
     if _GROUPS[key][1] != version:
         group.load_state_file(_store(context).path())
     _GROUPS[key] = (group, () if changes else version)

@@ -22,6 +22,7 @@ from fedgan.engine import (
     build_site,
     payload_bytes,
     resolve_device,
+    site_threads,
 )
 from fedgan.site import SiteReply
 from fedgan.site_group import SiteGroup
@@ -98,21 +99,24 @@ class BatchedEngine:
 
     def unlearn(self, orders: dict[int, StageOrder]) -> dict[int, dict[str, float]]:
         stats = {}
-        for site_id, order in orders.items():
-            group, index, _ = self._site(site_id)
-            stats[site_id] = group.unlearn_stage(index, order.fake, order.fake_labels, order.forget_ids,
-                                                 order.options)
-            self.traffic.bytes_down += payload_bytes(order.fake, order.fake_labels)
+        with site_threads(self.scenario):
+            for site_id, order in orders.items():
+                group, index, _ = self._site(site_id)
+                stats[site_id] = group.unlearn_stage(index, order.fake, order.fake_labels, order.forget_ids,
+                                                     order.options)
+                self.traffic.bytes_down += payload_bytes(order.fake, order.fake_labels)
         return stats
 
     def query_logits(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         group, index, _ = self._site(site_id)
-        return group.discriminator_logits(index, images, labels)
+        with site_threads(self.scenario):
+            return group.discriminator_logits(index, images, labels)
 
     def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
         replies: dict[int, SiteReply] = {}
-        for group in self.groups:
-            replies.update(group.train_round(fake, labels, round_index))
+        with site_threads(self.scenario):
+            for group in self.groups:
+                replies.update(group.train_round(fake, labels, round_index))
         for reply in replies.values():  # counted as the per-site engines count: one batch down, one answer up
             self.traffic.bytes_down += payload_bytes(fake, labels)
             self.traffic.bytes_up += payload_bytes(reply.logits, reply.input_grads)

@@ -10,9 +10,11 @@ Every engine must give the same numbers for the same scenario and seed (tests co
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -122,6 +124,26 @@ class SiteEngine(Protocol):
     def close(self) -> None:
         """Release workers and processes."""
         ...
+
+
+def site_thread_count(scenario: Scenario) -> int:
+    """The torch threads a site computes with, in every engine: one per CPU a Flower node is given
+    (`engine.num-cpus`), as Ray gives its actors. Thread count changes float summation order, so engines that
+    used different counts would drift apart over many rounds; with this they agree number for number."""
+    return max(1, int(scenario.engine.num_cpus))
+
+
+@contextlib.contextmanager
+def site_threads(scenario: Scenario) -> Iterator[None]:
+    """Inside the block torch uses `site_thread_count` threads (the process's own count is restored after)."""
+    saved, wanted = torch.get_num_threads(), site_thread_count(scenario)
+    if wanted != saved:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if wanted != saved:
+            torch.set_num_threads(saved)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -241,10 +263,11 @@ class InProcessEngine:
 
     def unlearn(self, orders: dict[int, StageOrder]) -> dict[int, dict[str, float]]:
         stats = {}
-        for site_id, order in orders.items():
-            stats[site_id] = self.sites[site_id].unlearn_stage(order.fake, order.fake_labels, order.forget_ids,
-                                                               order.options)
-            self.traffic.bytes_down += payload_bytes(order.fake, order.fake_labels)
+        with site_threads(self.scenario):
+            for site_id, order in orders.items():
+                stats[site_id] = self.sites[site_id].unlearn_stage(order.fake, order.fake_labels, order.forget_ids,
+                                                                   order.options)
+                self.traffic.bytes_down += payload_bytes(order.fake, order.fake_labels)
         return stats
 
     def forget(self, orders: SiteIds) -> None:
@@ -252,14 +275,16 @@ class InProcessEngine:
             self.sites[site_id].shard.forget(ids)
 
     def query_logits(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.sites[site_id].discriminator_logits(images, labels)
+        with site_threads(self.scenario):
+            return self.sites[site_id].discriminator_logits(images, labels)
 
     def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
         replies: dict[int, SiteReply] = {}
-        for site in self.sites:
-            replies[site.site_id] = reply = site.train_round(fake, labels, round_index)
-            self.traffic.bytes_down += payload_bytes(fake, labels)
-            self.traffic.bytes_up += payload_bytes(reply.logits, reply.input_grads)
+        with site_threads(self.scenario):
+            for site in self.sites:
+                replies[site.site_id] = reply = site.train_round(fake, labels, round_index)
+                self.traffic.bytes_down += payload_bytes(fake, labels)
+                self.traffic.bytes_up += payload_bytes(reply.logits, reply.input_grads)
         return replies
 
     def site_states(self) -> dict[int, dict[str, Any]]:

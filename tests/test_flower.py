@@ -71,9 +71,10 @@ def test_flower_and_inprocess_engines_give_the_same_numbers(flower_and_inprocess
     _, out, flower, inprocess, _ = flower_and_inprocess
     a, b = _round_lines(out / "flower"), _round_lines(out / "inprocess")
     assert len(a) == len(b) == 4
+    # Identical, not close: every engine's sites compute with the same torch thread count (engine.num-cpus).
     for key in ("generator_loss", "discriminator_loss", "d_real", "d_fake", "d_aggregate"):
-        np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=1e-4, atol=1e-6, err_msg=key)
-    assert flower["fid_lenet"] == pytest.approx(inprocess["fid_lenet"], rel=1e-3, abs=1e-3)
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    assert flower["fid_lenet"] == inprocess["fid_lenet"]
 
 
 def test_forget_request_gives_the_same_certificate_through_flower(flower_and_inprocess):
@@ -82,7 +83,7 @@ def test_forget_request_gives_the_same_certificate_through_flower(flower_and_inp
     assert a["request"] == b["request"] and a["rounds"] == b["rounds"]
     for key in ("fid_lenet_retained", "mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember"):
         for side in ("before", "after", "retrain"):
-            assert a[key][side] == pytest.approx(b[key][side], rel=1e-3, abs=1e-3), (key, side)
+            assert a[key][side] == b[key][side], (key, side)
 
 
 def test_messages_carry_no_weights_and_no_real_images(flower_and_inprocess):
