@@ -144,3 +144,28 @@ def test_a_flower_run_killed_mid_cascade_resumes_from_the_nodes_own_snapshots(tm
     assert a["engine"] == b["engine"] == "flower"
     assert without_timings(b) == without_timings(a)
     assert [v["state"] for v in ForgetLedger(tmp_path / "run" / "ledger.jsonl").states().values()] == ["certified"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [round(d, 2) for d in __import__("random").Random(16).sample(range(30, 90), 3)])
+def test_a_run_killed_at_a_random_moment_resumes_to_the_uninterrupted_metrics(tmp_path, uninterrupted, delay):
+    # Prepare / Execute: SIGKILL from outside after `delay` tenths of a second, wherever the run is then.
+    import signal
+
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("FEDGAN_FAULT", None)
+    process = subprocess.Popen([sys.executable, "-m", "scenarios.cli", "run", str(resume_scenario_file(tmp_path)),
+                                "--out", str(out), "--quiet"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay / 10)
+    process.send_signal(signal.SIGKILL)
+    killed = process.wait() == -9 and not (out / "summary.json").exists()
+    if killed and (out / "scenario.toml").exists():
+        resumed = fedgan("--resume", str(out))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    elif killed:  # killed before the run wrote anything: it is simply started again
+        assert fedgan(str(resume_scenario_file(tmp_path)), "--out", str(out), "--quiet").returncode == 0
+
+    # Assert
+    assert_same_run(json.loads((out / "summary.json").read_text()), uninterrupted, out)
