@@ -14,7 +14,9 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -232,6 +234,7 @@ class InProcessEngine:
         self.sites: list[Site] = []
         self.traffic = Traffic()
         self._snapshots: dict[str, dict[int, bytes]] = {}  # kept across `open`: a retrain must not erase them
+        self._threads: ThreadPoolExecutor | None = None
 
     def open(self, forgotten: SiteIds | None = None) -> list[SiteInfo]:
         self.sites = [build_site(self.scenario, j, self.device) for j in range(self.scenario.sites.count)]
@@ -279,16 +282,28 @@ class InProcessEngine:
             return self.sites[site_id].discriminator_logits(images, labels)
 
     def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
-        replies: dict[int, SiteReply] = {}
+        # Sites train side by side on Python threads (torch releases the GIL), each with `site_thread_count`
+        # intra-op threads: the cores stay busy and every site computes exactly as it would in a Flower actor.
         with site_threads(self.scenario):
-            for site in self.sites:
-                replies[site.site_id] = reply = site.train_round(fake, labels, round_index)
-                self.traffic.bytes_down += payload_bytes(fake, labels)
-                self.traffic.bytes_up += payload_bytes(reply.logits, reply.input_grads)
+            answers = list(self._pool().map(lambda site: site.train_round(fake, labels, round_index), self.sites))
+        replies: dict[int, SiteReply] = {}
+        for site, reply in zip(self.sites, answers):
+            replies[site.site_id] = reply
+            self.traffic.bytes_down += payload_bytes(fake, labels)
+            self.traffic.bytes_up += payload_bytes(reply.logits, reply.input_grads)
         return replies
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._threads is None:
+            workers = max(1, (os.cpu_count() or 1) // site_thread_count(self.scenario))
+            self._threads = ThreadPoolExecutor(workers, thread_name_prefix="fedgan-site")
+        return self._threads
 
     def site_states(self) -> dict[int, dict[str, Any]]:
         return {site.site_id: site.state_dict() for site in self.sites}
 
     def close(self) -> None:
         self.sites = []
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
