@@ -167,13 +167,13 @@ def run_experiment(
     late = forget_service.due(None)
     if late:
         forget_service.serve(server, engine, late, rounds)
+    checkpoints.write(rounds)  # the last one: a crash from here on redoes only the final evaluation
     final = evaluate(server, evaluator, splits, e.final_samples, "final", truth, reference_labels)
     recorder.log({"kind": "evaluation", "round": rounds, "final": True, **final, **headline(final.get("mixture"))})
     if truth is not None:
         recorder.save_mixture(final["mixture"])
     recorder.save_grid(*grid_samples(server, e.grid_per_class), "samples_final.png")
     forget_service.collect(wait=True)  # every proof still running: the summary holds every certificate
-    checkpoints.write(rounds)
     summary = recorder.finish(
         final=final,
         unlearning=forget_service.results,
