@@ -355,3 +355,24 @@ def test_the_membership_attack_channel_can_be_switched_off(tmp_path, attack):
     (entry,) = run_experiment(scenario, engine, tmp_path)["unlearning"]
     assert ("mia_auc_forget_vs_nonmember" in entry) == attack
     assert (engine.queries > 0) == attack  # off: not one candidate image is sent to a site
+
+
+def test_the_attack_never_counts_an_item_forgotten_earlier_as_a_retained_member(tmp_path):
+    # Prepare: site 1 asks to forget 4 items after an earlier request took most of the same classes' other items.
+    scenario = forget_scenario(["finetune"], [])
+    splits, evaluator = prepare(scenario)
+    probe = ForgettingProbe(scenario, splits, evaluator)
+    held = site_items(scenario, 1, 10_000)
+    request = ForgetRequest(site=1, items=tuple(held[:4])).with_id()
+    resolution = resolve_request(request, RequestIntake(scenario, splits, ForgetLedger(tmp_path / "l.jsonl"),
+                                                        tmp_path, print).holdings(), splits.train.num_classes)
+    earlier = {1: np.asarray(held[4:-8], dtype=np.int64)}  # all but 8 of the site's other items
+
+    # Execute
+    forget, member, nonmember = probe.attack_sets(resolution, 0, earlier)
+    _, member_without, _ = probe.attack_sets(resolution, 0, {})
+
+    # Assert: the retained members come only from what the site still holds; without the history they would not.
+    assert set(forget) == set(held[:4])
+    assert set(member) <= set(held[-8:]) and len(member) == len(forget)
+    assert not set(member_without) <= set(held[-8:])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fedgan.datasets import DatasetSplits
-from fedgan.engine import SiteEngine, site_positions
+from fedgan.engine import SiteEngine, SiteIds, site_positions
 from fedgan.evaluation.classifier import Evaluator
 from fedgan.evaluation.forgetting import (
     downstream_accuracy,
@@ -49,8 +49,9 @@ class ForgettingProbe:
         return self._order[np.searchsorted(self._sorted_ids, np.asarray(ids, dtype=np.int64))]
 
     def measure(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], tag: str,
-                retained_classes: list[int]) -> dict[int, dict[str, Any]]:
-        """Every request's metrics (request index -> metrics): G's samples, and the requesting site's D."""
+                retained_classes: list[int], forgotten_before: SiteIds | None = None) -> dict[int, dict[str, Any]]:
+        """Every request's metrics (request index -> metrics): G's samples, and the requesting site's D.
+        `forgotten_before`: ids earlier requests forgot, kept out of the attack's retained members."""
         c = self.config
         fake = server.sample(c.eval_samples, f"certificate-{tag}")
         shared = {"class_histogram": class_histogram(self.evaluator, fake, self.splits.train.num_classes)}
@@ -61,7 +62,7 @@ class ForgettingProbe:
             if resolution.forget_classes:
                 metrics["forget_class_rate"] = forget_class_rate(self.evaluator, fake, resolution.forget_classes)
             if resolution.request.kind == "items" and self.config.membership_attack:
-                metrics.update(self._membership(engine, resolution, index))
+                metrics.update(self._membership(engine, resolution, index, forgotten_before or {}))
             out[index] = metrics
         return out
 
@@ -79,8 +80,10 @@ class ForgettingProbe:
             epochs=self.config.downstream_epochs, seed=0)
         return metrics
 
-    def _membership(self, engine: SiteEngine, resolution: Resolution, index: int) -> dict[str, Any]:
-        """LOGAN-style attack on the requesting site's D: F forgotten, R retained members, N test non-members."""
+    def attack_sets(self, resolution: Resolution, index: int, forgotten_before: SiteIds
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The attack's three sets, seeded: F forgotten item ids, R retained members (items the site still holds,
+        of F's classes: never one forgotten by this or an earlier request), N test-split positions (non-members)."""
         site = resolution.request.site
         rng = np.random.default_rng(index)
         train, test = self.splits.train, self.splits.test
@@ -88,10 +91,20 @@ class ForgettingProbe:
         forget = rng.permutation(forget)[: self.config.mia_size]
         classes = np.unique(self.labels_of(forget))
         held = train.ids.numpy()[site_positions(self.scenario)[site]]
-        member_pool = held[~np.isin(held, np.asarray(resolution.forget_ids[site]))]
+        gone = np.concatenate([np.asarray(resolution.forget_ids[site], dtype=np.int64),
+                               np.asarray(forgotten_before.get(site, []), dtype=np.int64)])
+        member_pool = held[~np.isin(held, gone)]
         member_pool = member_pool[np.isin(self.labels_of(member_pool), classes)]
         member = rng.permutation(member_pool)[: len(forget)]
         nonmember = rng.permutation(np.flatnonzero(np.isin(test.labels.numpy(), classes)))[: len(forget)]
+        return forget, member, nonmember
+
+    def _membership(self, engine: SiteEngine, resolution: Resolution, index: int, forgotten_before: SiteIds
+                    ) -> dict[str, Any]:
+        """LOGAN-style attack on the requesting site's D: F forgotten, R retained members, N test non-members."""
+        site = resolution.request.site
+        train, test = self.splits.train, self.splits.test
+        forget, member, nonmember = self.attack_sets(resolution, index, forgotten_before)
         scores = []
         for images, labels in ((train.float_images()[self._positions(forget)], train.labels[self._positions(forget)]),
                                (train.float_images()[self._positions(member)], train.labels[self._positions(member)]),

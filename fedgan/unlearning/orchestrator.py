@@ -209,7 +209,7 @@ class ForgetService:
                        tag: str, saved: bytes) -> None:
         """The whole proof here and now, the federation waiting: every other method from the snapshot, then the
         chosen one, whose result the federation continues from."""
-        before = self.probe.measure(server, engine, batch, "before", retained)
+        before = self.probe.measure(server, engine, batch, "before", retained, self.intake.forgotten_so_far())
         outcomes: dict[str, MethodOutcome] = {}
         for name in others:
             outcomes[name] = run_method(METHODS[name](), self._job(server, engine, batch, round_index), self.probe,

@@ -104,7 +104,8 @@ def run_method(method: UnlearningMethod, job: UnlearningJob, probe: ForgettingPr
     spent = engine.traffic.bytes_down + engine.traffic.bytes_up - bytes_before
     if not method.reference:
         details["stage_stats"] = job.stage_stats
-    metrics = probe.measure(server, engine, batch, method.name, retained) if probe is not None else {}
+    metrics = (probe.measure(server, engine, batch, method.name, retained, job.forgotten_before)
+               if probe is not None else {})
     return MethodOutcome(method.name, method.reference, seconds, job.rounds_used, spent, details, metrics,
                          started_at=started_at, finished_at=time.time())
 
@@ -146,7 +147,7 @@ def run_proof(task: ProofTask) -> MethodOutcome:
     batch, retained = list(task.batch), list(task.retained)
     if task.method is None:
         started = time.perf_counter()
-        metrics = probe.measure(server, engine, batch, task.label, retained)
+        metrics = probe.measure(server, engine, batch, task.label, retained, task.forgotten_before)
         outcome = MethodOutcome(task.label, False, time.perf_counter() - started, 0, 0, {}, metrics)
     else:
         job = UnlearningJob(server, engine, union(batch), forget_classes(batch), scenario.unlearning,
