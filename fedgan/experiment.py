@@ -197,12 +197,12 @@ class Checkpointer:
         self.scenario, self.server, self.engine = scenario, server, engine
         self.recorder, self.forget_service = recorder, forget_service
         self.train_seconds = 0.0
-        self._ledger_lines = forget_service.ledger.line_count()
+        self._ledger_size = forget_service.ledger.size()
         self._written = 0  # how many checkpoints this process wrote (site tags alternate: the last one survives)
 
     def after_round(self, round_index: int) -> None:
         every = self.scenario.training.checkpoint_every
-        ledger_changed = self.forget_service.ledger.line_count() != self._ledger_lines
+        ledger_changed = self.forget_service.ledger.size() != self._ledger_size  # a stat, not a parse, per round
         if ledger_changed or (every and round_index % every == 0):
             self.write(round_index)
 
@@ -219,10 +219,10 @@ class Checkpointer:
         sites = None if at_sites else self.engine.export_snapshot(tag)
         if not at_sites:
             self.engine.discard(tag)
-        self._ledger_lines = self.forget_service.ledger.line_count()
+        self._ledger_size = self.forget_service.ledger.size()
         state = RunState(round_index, server_snapshot(self.server), None if sites is None else asdict(sites),
                          tag if at_sites else None, (self.engine.traffic.bytes_down, self.engine.traffic.bytes_up),
-                         self.recorder.line_count(), self._ledger_lines, self.train_seconds,
+                         self.recorder.line_count(), self.forget_service.ledger.line_count(), self.train_seconds,
                          self.forget_service.checkpoint_state())
         legacy = {"server": self.server.state_dict(), "sites": self.engine.site_states()}
         write_checkpoint(self.recorder.out, state, self.scenario.to_dict(), legacy)
@@ -234,7 +234,7 @@ class Checkpointer:
         """A run killed before its first checkpoint: everything it recorded is rolled back, round 1 again."""
         self.recorder.roll_back(0)
         self.forget_service.resume({}, 0)
-        self._ledger_lines = 0
+        self._ledger_size = self.forget_service.ledger.size()
 
     def restore(self, state: RunState) -> int:
         """Take the run back to `state`; returns the round it was taken after."""
@@ -248,5 +248,5 @@ class Checkpointer:
         self.train_seconds = state.train_seconds
         self.recorder.roll_back(state.metrics_lines)
         self.forget_service.resume(state.service, state.ledger_lines)
-        self._ledger_lines = self.forget_service.ledger.line_count()
+        self._ledger_size = self.forget_service.ledger.size()
         return state.round_index

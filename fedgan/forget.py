@@ -358,6 +358,10 @@ class ForgetLedger:
 
     # ---- reading ----
 
+    def size(self) -> int:
+        """The ledger file's size in bytes (0 when there is none): a cheap way to notice that it changed."""
+        return self.path.stat().st_size if self.path.exists() else 0
+
     def line_count(self) -> int:
         """How many entries the ledger holds."""
         return len(self.entries())

@@ -87,3 +87,32 @@ def kill_ray_left_since(started: float) -> list[int]:
             except ProcessLookupError:
                 pass
     return killed
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Pids of processes whose environment holds `marker` (what a test started, and their children)."""
+    from pathlib import Path
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_processes_with_env(marker: str) -> list[int]:
+    """SIGKILL every process `processes_with_env` finds; their pids."""
+    import signal
+
+    killed = []
+    for pid in processes_with_env(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
+    return killed

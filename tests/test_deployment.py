@@ -17,7 +17,7 @@ import torch
 from fedgan.engine import load_federation_data, site_positions
 from fedgan.forget import ForgetLedger
 from fedgan.results import scenario_to_toml
-from tests.conftest import kill_ray_left_since, tiny_scenario
+from tests.conftest import kill_processes_with_env, kill_ray_left_since, processes_with_env, tiny_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,19 +29,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def processes_with_env(marker: str) -> list[int]:
-    """Pids of processes whose environment holds `marker` (every process this test started, and their children)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 def deployment_scenario():
@@ -99,19 +86,11 @@ def test_the_apps_complete_a_federation_with_a_forget_request_across_processes(t
                 os.killpg(process.pid, signal.SIGKILL)  # the SuperNodes' superexec children are in their session
             except ProcessLookupError:
                 pass
-        for pid in processes_with_env(marker):  # anything that left the session (e.g. Ray's daemons)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes_with_env(marker)  # anything that left the session
         for process in started:
             process.wait(timeout=30)
         time.sleep(1)
-        for pid in processes_with_env(marker):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes_with_env(marker)
         pids |= set(kill_ray_left_since(began))  # Ray's agents, orphaned when their raylet went (seen)
 
     # Assert: the run finished through the deployment engine; the request was served and certified; every

@@ -4,28 +4,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import kill_processes_with_env
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.flower
-
-
-def _processes_with_env(marker: str) -> list[int]:
-    """Pids of processes whose environment contains `marker` (the SuperLink that `flwr run` leaves running)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="process clean-up reads /proc")
@@ -47,11 +35,7 @@ def test_flwr_run_completes_a_short_simulation(tmp_path):
     try:
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     finally:
-        for pid in _processes_with_env(f"FLWR_HOME={home}"):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes_with_env(f"FLWR_HOME={home}")
         shutil.rmtree(home, ignore_errors=True)
 
     # Assert

@@ -13,7 +13,7 @@ import pytest
 
 from fedgan.forget import ForgetLedger
 from fedgan.results import scenario_to_toml
-from tests.conftest import kill_ray_left_since, tiny_scenario
+from tests.conftest import kill_processes_with_env, kill_ray_left_since, tiny_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ("seconds", "speedup", "ran", "_at")
@@ -100,19 +100,6 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path):
     assert line.startswith("fedgan: error: --resume:") and str(checkpoint) in line
 
 
-def kill_marked(marker: str) -> None:
-    """SIGKILL every process whose environment holds `marker` (Ray's daemons outlive a killed driver)."""
-    import signal
-
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                continue
-
-
 @pytest.mark.slow
 @pytest.mark.flower
 @pytest.mark.skipif(sys.platform != "linux", reason="process clean-up reads /proc")
@@ -126,12 +113,12 @@ def test_a_flower_run_killed_mid_cascade_resumes_from_the_nodes_own_snapshots(tm
     try:
         # Execute: uninterrupted; then killed in the cascade and resumed.
         whole = fedgan(str(path), "--out", str(tmp_path / "whole"), "--quiet")
-        kill_marked(marker)
+        kill_processes_with_env(marker)
         crashed = fedgan(str(path), "--out", str(tmp_path / "run"), "--quiet", fault="cascade")
-        kill_marked(marker)
+        kill_processes_with_env(marker)
         resumed = fedgan("--resume", str(tmp_path / "run"))
     finally:
-        kill_marked(marker)
+        kill_processes_with_env(marker)
         kill_ray_left_since(started)
         os.environ.pop("FEDGAN_TEST_RUN", None)
 

@@ -100,14 +100,18 @@ class ForgetService:
         if self.proofs is None:
             return
         for task, result in self.proofs.finished(wait):
-            pending = self._pending.get(task.batch_number)
-            if pending is None:  # its batch failed and was undone
-                continue
-            pending.results[task.label] = result
-            if set(pending.results) == pending.expected:
-                del self._pending[task.batch_number]
-                self._conclude(pending)
-                self.proof_files.remove(pending.number)
+            self._record(task, result)
+
+    def _record(self, task: ProofTask, result: MethodOutcome | BaseException) -> None:
+        """One proof task is back; the last one of its batch concludes the batch."""
+        pending = self._pending.get(task.batch_number)
+        if pending is None:  # its batch failed and was undone
+            return
+        pending.results[task.label] = result
+        if set(pending.results) == pending.expected:
+            del self._pending[task.batch_number]
+            self._conclude(pending)
+            self.proof_files.remove(pending.number)
 
     # ---- checkpoints ----
     def checkpoint_state(self) -> dict[str, Any]:
@@ -137,15 +141,11 @@ class ForgetService:
         if self.proofs is not None:
             self.proofs.submit(task)
             return
-        pending = self._pending[task.batch_number]  # no workers in this run: the proof runs here
-        try:
-            pending.results[task.label] = run_proof(task)
+        try:  # no workers in this run: the proof runs here
+            result: MethodOutcome | BaseException = run_proof(task)
         except Exception as error:  # noqa: BLE001 — recorded as proof-failed
-            pending.results[task.label] = error
-        if set(pending.results) == pending.expected:
-            del self._pending[task.batch_number]
-            self._conclude(pending)
-            self.proof_files.remove(pending.number)
+            result = error
+        self._record(task, result)
 
     # ---- one batch of accepted requests ----
     def _serve_batch(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], round_index: int,
