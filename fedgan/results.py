@@ -33,7 +33,7 @@ from fedgan.errors import FedganError
 from fedgan.evaluation.classifier import Evaluator
 from fedgan.evaluation.plots import plot_mixture_shares, plot_training_curves, save_sample_grid
 from fedgan.scenario import Scenario
-from fedgan.storage import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
+from fedgan.storage import append_jsonl, atomic_write_json, atomic_write_text
 
 SUMMARY_FIELDS = (
     "dataset", "num_sites", "aggregator", "rounds", "wall_seconds", "fid_lenet", "kid", "class_histogram",
@@ -150,13 +150,6 @@ class RunRecorder:
         """mixture.md and mixture.png: the generated mixture against the real one."""
         atomic_write_text(self.out / "mixture.md", mixture_markdown({self.scenario.training.aggregator: report}))
         plot_mixture_shares({self.scenario.training.aggregator: report}, self.out / "mixture.png")
-
-    def save_checkpoint(self, server: Any, engine: SiteEngine) -> None:
-        """Everything needed to resume or sample: the server's state and, where reachable, the sites'."""
-        atomic_torch_save(
-            self.out / "checkpoint.pt",
-            {"scenario": self.scenario.to_dict(), "server": server.state_dict(), "sites": engine.site_states()},
-        )
 
     def finish(self, *, final: dict[str, Any], engine: SiteEngine, wall_seconds: float, train_seconds: float,
                rounds: int, generator_steps: int, unlearning: list[dict[str, Any]] | None = None
