@@ -133,8 +133,12 @@ class GeneratorServer:
         sent = fake.detach().cpu()
         replies, rejected = screen_replies(engine.train_round(self.round, sent, labels), sent, t.reply_limit)
         fault_point("round")  # the sites have stepped, G has not
-        if not replies:
-            raise RuntimeError(f"round {self.round}: no site answered with a usable reply ({rejected or 'none'})")
+        if not replies:  # nobody to learn from this round: G stays as it is, the round is recorded as empty
+            nan = float("nan")
+            return RoundRecord(self.round, nan, nan, nan, nan, nan, 0, time.perf_counter() - started,
+                               rejected={str(site): reason for site, reason in sorted(rejected.items())},
+                               dropped={str(site): reason for site, reason in
+                                        sorted(getattr(engine, "dropped", {}).items())})
         # ---------------- aggregate: the generator's gradient from logits and input gradients ----------------
         present = [self.site_ids.index(site_id) for site_id in sorted(replies)]
         logits = torch.stack([replies[s].logits for s in sorted(replies)])  # (K', B)

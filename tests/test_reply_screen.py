@@ -98,3 +98,20 @@ def test_a_node_reply_that_cannot_be_decoded_becomes_a_rejection_of_each_of_its_
         accepted, rejected = screen_replies(replies, fake, 1e4)
         assert accepted == {} and sorted(rejected) == [4, 5]
         assert all(reason.startswith("undecodable reply") for reason in rejected.values())
+
+
+def test_a_round_in_which_no_site_answers_leaves_g_unchanged_and_is_recorded():
+    scenario = tiny_scenario()
+
+    class Silent(InProcessEngine):
+        def train_round(self, round_index, fake, labels):
+            super().train_round(round_index, fake, labels)
+            return {}
+
+    train = prepare(scenario)[0].train
+    engine = Silent(scenario, "cpu")
+    server = GeneratorServer(scenario, engine.open(), train.image_shape, train.num_classes, torch.device("cpu"))
+    before = {name: p.detach().clone() for name, p in server.generator.named_parameters()}
+    record = server.step(engine)
+    assert record.sites_answered == 0  # G's weights did not step (its batch-norm statistics saw the batch)
+    assert all(torch.equal(p, before[name]) for name, p in server.generator.named_parameters())

@@ -66,4 +66,5 @@ def test_a_vanished_worker_costs_rounds_but_not_the_run(tmp_path):
     rounds = round_lines(tmp_path / "run")
     assert summary["rounds"] == 5 and len(rounds) == 5
     assert rounds[2]["sites_answered"] < 3 and "1" in rounds[2]["dropped"]
-    assert all(line["sites_answered"] >= 1 for line in rounds.values())
+    # A round in which no node could answer leaves G as it was (recorded with 0 sites), it does not end the run.
+    assert all(line["sites_answered"] >= 1 or line["dropped"] for line in rounds.values())
