@@ -182,8 +182,10 @@ class RunRecorder:
         return summary
 
 
-REPORT_METRICS = ("forget_class_rate", "fid_lenet_retained", "downstream_accuracy", "mia_auc_forget_vs_nonmember",
-                  "mia_auc_member_vs_nonmember")
+REPORT_METRICS = ("forget_class_rate", "forget_class_rate_unasked", "forget_class_rate_asked", "fid_lenet_retained",
+                  "downstream_accuracy", "mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember",
+                  "mia_tpr_at_1pct_fpr_forget", "mia_tpr_at_0.1pct_fpr_forget", "lira_auc_forget_vs_nonmember",
+                  "lira_auc_member_vs_nonmember", "lira_tpr_at_1pct_fpr_forget", "lira_tpr_at_0.1pct_fpr_forget")
 
 
 def _cell(value: Any) -> str:
@@ -207,11 +209,18 @@ def unlearning_report(entries: list[dict[str, Any]]) -> str:
                 m = entry[key]
                 lines.append(f"| {key} | {_cell(m['before'])} | {_cell(m['after'])} | {_cell(m['retrain'])} "
                              f"| {_cell(m['gap_to_retrain'])} |")
-        cost = f"{entry['seconds']:.1f} s, {entry['rounds']} generator rounds, {entry['bytes'] / 2**20:.1f} MiB"
+        distance = entry.get("retained_share_l1_to_retrain")
+        if distance and distance["after"] is not None:
+            lines.append(f"| retained shares, L1 to retrain | {_cell(distance['before'])} | "
+                         f"{_cell(distance['after'])} | 0.000 | {_cell(distance['after'])} |")
+        cost = (f"{entry['seconds']:.1f} s, {entry['rounds']} generator rounds, {entry.get('site_d_steps', 0)} site D "
+                f"steps, {entry['bytes'] / 2**20:.1f} MiB")
         if "speedup_vs_retrain" in entry:
-            cost += (f"; retrain {entry['retrain_seconds']:.1f} s, {entry['retrain_rounds']} rounds: speed-up "
+            cost += (f"; retrain {entry['retrain_seconds']:.1f} s, {entry['retrain_rounds']} rounds, "
+                     f"{entry.get('retrain_site_d_steps', 0)} site D steps: speed-up "
                      f"{entry['speedup_vs_retrain']:.1f}× in seconds, "
-                     f"{entry['speedup_rounds_vs_retrain']:.1f}× in rounds")
+                     f"{entry['speedup_rounds_vs_retrain']:.1f}× in rounds, "
+                     f"{entry.get('speedup_site_d_steps_vs_retrain', 0):.1f}× in site D steps")
         lines += ["", f"Cost: {cost}.", ""]
     return "\n".join(lines)
 

@@ -140,8 +140,11 @@ class UnlearningConfig:
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
     drop_class_weight: bool = False
-    mia_size: int = 64
-    eval_samples: int = 2000
+    mia_size: int = 64  # F: forgotten items attacked
+    mia_nonmembers: int = 1000  # N and R: 1,000 non-members resolve a TPR at 0.1 % FPR
+    lira_references: int = 8  # reference discriminators of the per-example attack (0: population attack only)
+    lira_steps: int = 200  # D steps each reference trains for
+    eval_samples: int = 10000  # class shares near 8 % then carry a standard error of 0.27 points
     downstream_samples: int = 3000
     downstream_epochs: int = 2
     membership_attack: bool = True  # item requests: the simulated attacker's query.logits channel (off: no MIA)
@@ -405,12 +408,16 @@ def _validate_unlearning(s: Scenario) -> None:
     _require(len(u.methods) >= 1, "unlearning.methods", "got an empty list", 'name at least one, e.g. ["cascaded"]')
     for name in u.methods:
         _one_of(name, METHODS, "unlearning.methods")
-    for key in ("stages", "stage_d_steps", "mia_size", "eval_samples", "downstream_samples", "downstream_epochs"):
+    for key in ("stages", "stage_d_steps", "mia_size", "mia_nonmembers", "eval_samples", "downstream_samples",
+                "downstream_epochs", "lira_steps"):
         value = getattr(u, key)
         _require(value >= 1, f"unlearning.{_toml_key(key)}", f"got {value}", "use a positive integer")
     for key in ("stage_g_rounds", "relearn_rounds", "noise_steps"):
         value = getattr(u, key)
         _require(value >= 0, f"unlearning.{_toml_key(key)}", f"got {value}", "use 0 or a positive integer")
+    _require(u.lira_references == 0 or (u.lira_references >= 2 and u.lira_references % 2 == 0),
+             "unlearning.lira-references", f"got {u.lira_references}",
+             "use 0 (no per-example attack) or an even number >= 2 (half the references hold each target)")
     _require(u.weight >= 0, "unlearning.weight", f"got {u.weight}", "use a non-negative weight (λ)")
     _require(u.impair_lr_scale > 0, "unlearning.impair-lr-scale", f"got {u.impair_lr_scale}", "use a positive factor")
     _require(u.generator_lr_scale > 0, "unlearning.generator-lr-scale", f"got {u.generator_lr_scale}",

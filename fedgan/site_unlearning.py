@@ -48,7 +48,7 @@ def run_stage(site: Site, fake: torch.Tensor, fake_labels: torch.Tensor | None, 
     fake_labels = fake_labels.to(site.device) if (fake_labels is not None and site.conditional) else None
     forget_pos = torch.from_numpy(site.shard.positions_of(forget_ids)).to(site.device)
     probe = forget_pos[:STAGE_PROBE_ITEMS]  # a fixed subset: the statistic must not cost more than the stage
-    before = mean_probability(site, probe)
+    before, steps_before = mean_probability(site, probe), site.steps
     if options.kind == "noise":
         target = _noise_stage(site, fake, fake_labels, forget_pos, options)
     elif options.kind == "fake_label":
@@ -56,7 +56,7 @@ def run_stage(site: Site, fake: torch.Tensor, fake_labels: torch.Tensor | None, 
     else:
         raise KeyError(f"unknown unlearning stage kind {options.kind!r}; use one of {', '.join(STAGE_KINDS)}")
     return {"d_forget_before": before, "d_forget_after": mean_probability(site, probe),
-            "fake_label": target, "steps": float(options.steps)}
+            "fake_label": target, "steps": float(site.steps - steps_before)}  # D steps taken (noise: impair + repair)
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ from fedgan.evaluation.metrics import fid_lenet, kid
 
 Scores = np.ndarray | torch.Tensor | Sequence[float]
 MIA_FPR = 0.01
+MIA_LOW_FPR = 0.001  # needs at least 1,000 non-members to be resolved
 
 
 class Predictor(Protocol):
@@ -82,14 +83,25 @@ def tpr_at_fpr(positive_scores: Scores, negative_scores: Scores, fpr: float = MI
     return float(np.mean(positive > threshold))
 
 
+def resolvable_tpr(positive_scores: Scores, negative_scores: Scores, fpr: float) -> float | None:
+    """`tpr_at_fpr`, or None where the negatives are too few to resolve `fpr` (fewer than 1 / fpr of them: the
+    threshold would be the highest negative score whatever `fpr` asks, and the number would claim a precision
+    the sample does not have)."""
+    count = np.asarray(negative_scores.detach().cpu() if isinstance(negative_scores, torch.Tensor)
+                       else negative_scores).size
+    if count * fpr < 1.0 - 1e-9:
+        return None
+    return tpr_at_fpr(positive_scores, negative_scores, fpr)
+
+
 def membership_inference(forget_scores: Scores, member_scores: Scores, nonmember_scores: Scores) -> dict[str, Any]:
     """LOGAN-style white-box attack summary (docs/methods.md, The proof of forgetting):
-    AUCs and TPR at 1 % FPR from D(x) logits.
+    AUCs and TPR at 1 % and 0.1 % FPR from D(x) logits (None where the non-members cannot resolve that FPR).
 
     `forget_scores` (F), `member_scores` (R) and `nonmember_scores` (N) are the requesting site's discriminator
-    logits on its forgotten items, on retained items of its shard, and on test-split items of the same classes;
-    drawn at one size so the three AUCs are comparable. Read AUC(R vs N) first: near 0.5 means the
-    attack has no power and AUC(F vs N) proves nothing. After unlearning, AUC(F vs N) should reach retrain's value.
+    logits on its forgotten items, on retained items of its shard, and on test-split items of the same classes.
+    Read AUC(R vs N) first: near 0.5 means the attack has no power and AUC(F vs N) proves nothing.
+    After unlearning, AUC(F vs N) should reach retrain's value.
     """
     forget = _as_scores(forget_scores, "forget_scores")
     member = _as_scores(member_scores, "member_scores")
@@ -98,8 +110,10 @@ def membership_inference(forget_scores: Scores, member_scores: Scores, nonmember
         "mia_auc_forget_vs_nonmember": roc_auc(forget, nonmember),
         "mia_auc_member_vs_nonmember": roc_auc(member, nonmember),
         "mia_auc_forget_vs_member": roc_auc(forget, member),
-        "mia_tpr_at_1pct_fpr_forget": tpr_at_fpr(forget, nonmember, MIA_FPR),
-        "mia_tpr_at_1pct_fpr_member": tpr_at_fpr(member, nonmember, MIA_FPR),
+        "mia_tpr_at_1pct_fpr_forget": resolvable_tpr(forget, nonmember, MIA_FPR),
+        "mia_tpr_at_1pct_fpr_member": resolvable_tpr(member, nonmember, MIA_FPR),
+        "mia_tpr_at_0.1pct_fpr_forget": resolvable_tpr(forget, nonmember, MIA_LOW_FPR),
+        "mia_tpr_at_0.1pct_fpr_member": resolvable_tpr(member, nonmember, MIA_LOW_FPR),
         "mia_sizes": {"forget": int(forget.size), "member": int(member.size), "nonmember": int(nonmember.size)},
     }
 

@@ -52,6 +52,15 @@ class UnlearningJob:
                 self.server.step(self.engine)
         self.rounds_used += count
 
+    def site_d_steps(self) -> int:
+        """The sites' D steps this job has cost so far: every site's `d-steps` in each generator round it drove
+        (sites without real data skip theirs; counted as scheduled) plus the requesting sites' stage steps."""
+        training = self.server.scenario.training
+        per_round = training.d_steps * self.server.scenario.sites.count
+        stage_steps = sum(stats["steps"] for record in self.stage_stats for key, stats in record.items()
+                          if key.startswith("site_"))
+        return int(self.rounds_used * per_round + stage_steps)
+
     def site_stage(self, options: UnlearnStageOptions, stage: int) -> dict[int, dict[str, float]]:
         """One site-side stage at every requesting site, all in one engine call (concurrent under Flower)."""
         batch = self.server.scenario.training.batch_size

@@ -2,7 +2,7 @@
 
 Each entry is what one method did for one request (`summary.json` `unlearning`, `ledger.jsonl`, `unlearning.md`):
 for every certified metric `{before, after, retrain, gap_to_retrain}`, and the cost — seconds, generator rounds,
-bytes, retrain's seconds and rounds, and the speed-ups over retrain in seconds and in rounds.
+site D steps, bytes, retrain's seconds, rounds and D steps, and the speed-ups over retrain in each.
 """
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from typing import Any
 from fedgan.evaluation.forgetting import with_retrain_gap
 from fedgan.forget import ForgetRequest
 
-CERTIFIED = ("forget_class_rate", "fid_lenet_retained", "kid_retained", "downstream_accuracy",
-             "mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember", "mia_auc_forget_vs_member",
-             "mia_tpr_at_1pct_fpr_forget", "class_histogram")
+CERTIFIED = ("forget_class_rate", "forget_class_rate_unasked", "forget_class_rate_asked", "fid_lenet_retained",
+             "kid_retained", "downstream_accuracy", "mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember",
+             "mia_auc_forget_vs_member", "mia_tpr_at_1pct_fpr_forget", "mia_tpr_at_0.1pct_fpr_forget",
+             "mia_tpr_at_1pct_fpr_member", "mia_sizes", "lira_auc_forget_vs_nonmember", "lira_auc_member_vs_nonmember",
+             "lira_tpr_at_1pct_fpr_forget", "lira_tpr_at_0.1pct_fpr_forget", "class_histogram",
+             "class_share_stderr")
 
 
 @dataclass
@@ -43,8 +46,11 @@ def certificate(request: ForgetRequest, index: int, before: dict[int, dict[str, 
     reference_metrics = reference.metrics[index] if reference else {}
     entry: dict[str, Any] = {"request": request.to_dict(), "method": outcome.name}
     entry.update(with_retrain_gap(before[index], outcome.metrics[index], reference_metrics, CERTIFIED))
-    entry.update({"seconds": outcome.seconds, "rounds": outcome.rounds, "bytes": outcome.bytes,
-                  "details": outcome.details})
+    if reference is not None:
+        entry["retained_share_l1_to_retrain"] = retained_share_distance(
+            request, before[index], outcome.metrics[index], reference_metrics)
+    entry.update({"seconds": outcome.seconds, "rounds": outcome.rounds, "site_d_steps": d_steps(outcome),
+                  "bytes": outcome.bytes, "details": outcome.details})
     entry["ran"] = where_and_when(outcome)  # proof workers overlap in time: the ledger shows it
     if reference is not None:
         entry["retrain_ran"] = where_and_when(reference)
@@ -53,9 +59,31 @@ def certificate(request: ForgetRequest, index: int, before: dict[int, dict[str, 
         entry["retrain_rounds"] = reference.rounds
         entry["speedup_vs_retrain"] = reference.seconds / max(outcome.seconds, 1e-9)
         entry["speedup_rounds_vs_retrain"] = reference.rounds / max(outcome.rounds, 1)
+        entry["retrain_site_d_steps"] = d_steps(reference)
+        entry["speedup_site_d_steps_vs_retrain"] = d_steps(reference) / max(d_steps(outcome), 1)
     return entry
+
+
+def d_steps(outcome: MethodOutcome) -> int:
+    """The sites' discriminator steps a method cost (generator rounds drive every site's D; stages add theirs)."""
+    return int(outcome.details.get("site_d_steps", 0))
 
 
 def where_and_when(outcome: MethodOutcome) -> dict[str, Any]:
     """The worker an outcome ran on and its wall-clock start and end."""
     return {"worker": outcome.worker, "started_at": outcome.started_at, "finished_at": outcome.finished_at}
+
+
+def retained_share_distance(request: ForgetRequest, before: dict[str, Any], after: dict[str, Any],
+                            retrain: dict[str, Any]) -> dict[str, float | None]:
+    """L1 distance between the class shares of G's samples and retrain's, over the classes other than the
+    request's (all classes for an item request): where the forgotten mass went, before and after the method.
+    A method that keeps what is retained leaves `after` no larger than `before`."""
+    def distance(side: dict[str, Any]) -> float | None:
+        shares, reference = side.get("class_histogram"), retrain.get("class_histogram")
+        if shares is None or reference is None:
+            return None
+        kept = [c for c in range(len(shares)) if c != request.forget_class]
+        return float(sum(abs(shares[c] - reference[c]) for c in kept))
+
+    return {"before": distance(before), "after": distance(after)}

@@ -28,6 +28,14 @@ from fedgan.federation import GeneratorServer
 from fedgan.forget import Resolution
 from fedgan.scenario import Scenario
 
+CERTIFICATE_DRAW = "certificate"  # the seed tag of the certificate's latent draws
+
+
+def share_stderr(histogram: list[float], count: int) -> float:
+    """The largest standard error of a class share estimated from `count` samples: max_c sqrt(p_c (1 - p_c) / n)."""
+    shares = np.asarray(histogram, dtype=np.float64)
+    return float(np.sqrt(shares * (1.0 - shares) / max(count, 1)).max())
+
 
 class ForgettingProbe:
     """Every metric of a certificate, for the federation as it stands."""
@@ -53,27 +61,49 @@ class ForgettingProbe:
         """Every request's metrics (request index -> metrics): G's samples, and the requesting site's D.
         `forgotten_before`: ids earlier requests forgot, kept out of the attack's retained members."""
         c = self.config
-        fake = server.sample(c.eval_samples, f"certificate-{tag}")
-        shared = {"class_histogram": class_histogram(self.evaluator, fake, self.splits.train.num_classes)}
-        shared.update(self._generator_metrics(server, fake, retained_classes, tag))
+        # One latent draw for every measurement (`tag` names the measurement, not its draw): before, each method
+        # and retrain are compared on the same z, so a gap between them is the models', not the sampling's.
+        fake = server.sample(c.eval_samples, CERTIFICATE_DRAW)
+        histogram = class_histogram(self.evaluator, fake, self.splits.train.num_classes)
+        shared: dict[str, Any] = {"class_histogram": histogram,
+                                  "class_share_stderr": share_stderr(histogram, len(fake))}
+        shared.update(self._generator_metrics(server, fake, retained_classes))
         out: dict[int, dict[str, Any]] = {}
         for index, resolution in enumerate(batch):
             metrics = dict(shared)
             if resolution.forget_classes:
                 metrics["forget_class_rate"] = forget_class_rate(self.evaluator, fake, resolution.forget_classes)
+                if server.conditional:
+                    metrics.update(self._conditional_rates(server, resolution.forget_classes, retained_classes))
             if resolution.request.kind == "items" and self.config.membership_attack:
                 metrics.update(self._membership(engine, resolution, index, forgotten_before or {}))
             out[index] = metrics
         return out
 
-    def _generator_metrics(self, server: GeneratorServer, fake: torch.Tensor, retained: list[int], tag: str
+    def _conditional_rates(self, server: GeneratorServer, forget_classes: tuple[int, ...], retained: list[int]
+                           ) -> dict[str, float]:
+        """A conditional G's forgotten class, asked for and not (label masking alone is not forgetting):
+        `forget_class_rate_unasked` — share of samples in a forgotten class when G is asked only for retained
+        classes (uniformly); `forget_class_rate_asked` — share still in a forgotten class when asked for one."""
+        count = self.config.eval_samples
+        rng = np.random.default_rng(0)  # the same labels for every measurement of the batch
+        unasked = torch.from_numpy(rng.choice(np.asarray(retained, dtype=np.int64), size=count))
+        asked = torch.from_numpy(rng.choice(np.asarray(forget_classes, dtype=np.int64), size=count))
+        return {
+            "forget_class_rate_unasked": forget_class_rate(
+                self.evaluator, server.sample(count, f"{CERTIFICATE_DRAW}-unasked", unasked), forget_classes),
+            "forget_class_rate_asked": forget_class_rate(
+                self.evaluator, server.sample(count, f"{CERTIFICATE_DRAW}-asked", asked), forget_classes),
+        }
+
+    def _generator_metrics(self, server: GeneratorServer, fake: torch.Tensor, retained: list[int]
                            ) -> dict[str, Any]:
         """Quality of G on what the federation still holds: FID/KID against those classes, downstream accuracy."""
         test = self.splits.test
         num_classes = self.splits.train.num_classes
         metrics: dict[str, Any] = {}
         metrics.update(retained_fid(self.evaluator, test.float_images(), test.labels, fake, retained))
-        train_images = server.sample(self.config.downstream_samples, f"downstream-{tag}")
+        train_images = server.sample(self.config.downstream_samples, f"{CERTIFICATE_DRAW}-downstream")
         train_labels = pseudo_label(self.evaluator, train_images)  # an unconditional G's samples carry no label
         metrics["downstream_accuracy"] = downstream_accuracy(
             train_images, train_labels, test.float_images(), test.labels, num_classes, classes=retained,
@@ -82,8 +112,9 @@ class ForgettingProbe:
 
     def attack_sets(self, resolution: Resolution, index: int, forgotten_before: SiteIds
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The attack's three sets, seeded: F forgotten item ids, R retained members (items the site still holds,
-        of F's classes: never one forgotten by this or an earlier request), N test-split positions (non-members)."""
+        """The attack's three sets, seeded: F forgotten item ids (up to `mia-size`), R retained members (items the
+        site still holds, of F's classes: never one forgotten by this or an earlier request) and N test-split
+        positions of F's classes (non-members), each up to `mia-nonmembers` — 1,000 resolve a TPR at 0.1 % FPR."""
         site = resolution.request.site
         rng = np.random.default_rng(index)
         train, test = self.splits.train, self.splits.test
@@ -95,8 +126,8 @@ class ForgettingProbe:
                                np.asarray(forgotten_before.get(site, []), dtype=np.int64)])
         member_pool = held[~np.isin(held, gone)]
         member_pool = member_pool[np.isin(self.labels_of(member_pool), classes)]
-        member = rng.permutation(member_pool)[: len(forget)]
-        nonmember = rng.permutation(np.flatnonzero(np.isin(test.labels.numpy(), classes)))[: len(forget)]
+        member = rng.permutation(member_pool)[: self.config.mia_nonmembers]
+        nonmember = rng.permutation(np.flatnonzero(np.isin(test.labels.numpy(), classes)))[: self.config.mia_nonmembers]
         return forget, member, nonmember
 
     def _membership(self, engine: SiteEngine, resolution: Resolution, index: int, forgotten_before: SiteIds

@@ -104,6 +104,7 @@ def run_method(method: UnlearningMethod, job: UnlearningJob, probe: ForgettingPr
     spent = engine.traffic.bytes_down + engine.traffic.bytes_up - bytes_before
     if not method.reference:
         details["stage_stats"] = job.stage_stats
+    details["site_d_steps"] = job.site_d_steps()
     metrics = (probe.measure(server, engine, batch, method.name, retained, job.forgotten_before)
                if probe is not None else {})
     return MethodOutcome(method.name, method.reference, seconds, job.rounds_used, spent, details, metrics,
