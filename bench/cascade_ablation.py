@@ -3,7 +3,8 @@
 Trains the scenario's federation once (in process) up to its first forget request's round, keeps that state, runs
 `retrain` once, then serves the same request with each variant of [unlearning] from the same state, and prints
 one row per variant: forget-class rate (class requests) or AUC(F vs N) (item requests), FID_LeNet on retained
-classes, generator rounds, seconds, and the speed-ups over retrain.
+classes, downstream accuracy, the L1 distance of the retained classes' shares to retrain's, generator rounds,
+seconds, and the speed-ups over retrain.
 
     .venv/bin/python bench/cascade_ablation.py scenarios/class-forget.toml [--out runs/ablation-class-forget]
 
@@ -49,14 +50,22 @@ def parse_variant(text: str) -> dict:
     return values
 
 
+def retained_l1(shares: list[float], retrain: list[float], forget_class: int | None) -> float:
+    """L1 distance between two class histograms over the classes other than the forgotten one."""
+    return sum(abs(a - b) for c, (a, b) in enumerate(zip(shares, retrain)) if c != forget_class)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario")
     parser.add_argument("--out", default=None)
     parser.add_argument("--methods", default="cascaded", help="comma-separated methods to run for each variant")
     parser.add_argument("--variant", action="append", help="key=value,... (repeatable); default: a built-in set")
+    parser.add_argument("--seed", type=int, default=None, help="the scenario's seed instead of its own")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
+    if args.seed is not None:
+        scenario = scenario.replace(seed=args.seed)
     out = Path(args.out or f"runs/ablation-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     request = scenario.forget[0]
     rounds = request.round
@@ -89,7 +98,10 @@ def main() -> None:
     retrain_seconds, key = reference["seconds"], ("forget_class_rate" if request.kind == "class"
                                                   else "mia_auc_forget_vs_nonmember")
     print(json.dumps({"retrain_seconds": retrain_seconds, key: reference[key]["after"],
-                      "fid_lenet_retained": reference["fid_lenet_retained"]["after"]}), flush=True)
+                      "fid_lenet_retained": reference["fid_lenet_retained"]["after"],
+                      "downstream_accuracy": reference["downstream_accuracy"]["after"],
+                      "class_histogram": reference["class_histogram"]["after"]}), flush=True)
+    retrain_shares = reference["class_histogram"]["after"]
     for method in args.methods.split(","):
         for text in args.variant or DEFAULT_VARIANTS:
             config = dataclasses.replace(scenario.unlearning, methods=(method,), **parse_variant(text))
@@ -99,6 +111,13 @@ def main() -> None:
                 key: {"before": entry[key]["before"], "after": entry[key]["after"], "retrain": reference[key]["after"]},
                 "fid_lenet_retained": {"before": entry["fid_lenet_retained"]["before"],
                                        "after": entry["fid_lenet_retained"]["after"]},
+                "downstream_accuracy": {"before": entry["downstream_accuracy"]["before"],
+                                        "after": entry["downstream_accuracy"]["after"],
+                                        "retrain": reference["downstream_accuracy"]["after"]},
+                "retained_share_l1_to_retrain": {
+                    side: retained_l1(entry["class_histogram"][side], retrain_shares, request.forget_class)
+                    for side in ("before", "after")},
+                "class_histogram_after": entry["class_histogram"]["after"],
                 "rounds": entry["rounds"], "seconds": entry["seconds"],
                 "speedup_rounds": rounds / max(entry["rounds"], 1),
                 "speedup_seconds": retrain_seconds / entry["seconds"],

@@ -415,9 +415,10 @@ def _validate_unlearning(s: Scenario) -> None:
     for key in ("stage_g_rounds", "relearn_rounds", "noise_steps"):
         value = getattr(u, key)
         _require(value >= 0, f"unlearning.{_toml_key(key)}", f"got {value}", "use 0 or a positive integer")
-    _require(u.lira_references == 0 or (u.lira_references >= 2 and u.lira_references % 2 == 0),
+    _require(u.lira_references == 0 or (u.lira_references >= 4 and u.lira_references % 2 == 0),
              "unlearning.lira-references", f"got {u.lira_references}",
-             "use 0 (no per-example attack) or an even number >= 2 (half the references hold each target)")
+             "use 0 (no per-example attack) or an even number >= 4 (half the references hold each target, and "
+             "each side needs two to measure a spread)")
     _require(u.weight >= 0, "unlearning.weight", f"got {u.weight}", "use a non-negative weight (λ)")
     _require(u.impair_lr_scale > 0, "unlearning.impair-lr-scale", f"got {u.impair_lr_scale}", "use a positive factor")
     _require(u.generator_lr_scale > 0, "unlearning.generator-lr-scale", f"got {u.generator_lr_scale}",

@@ -37,7 +37,8 @@ def deployment_scenario():
     return tiny_scenario(
         training={"rounds": 3}, evaluation={"every": 0}, engine={"name": "flower", "round-timeout": 240.0},
         unlearning={"methods": ["cascaded", "retrain"], "stages": 1, "stage-d-steps": 2, "stage-g-rounds": 1,
-                    "eval-samples": 64, "downstream-samples": 64, "downstream-epochs": 1, "proof-workers": 1},
+                    "eval-samples": 64,
+                    "lira-references": 0, "downstream-samples": 64, "downstream-epochs": 1, "proof-workers": 1},
         forget=[{"site": 0, "class": int(torch.bincount(labels).argmax()), "round": 2}],
     )
 

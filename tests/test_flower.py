@@ -30,7 +30,7 @@ def _round_lines(run_dir):
 
 
 FORGET = {"methods": ["cascaded", "retrain"], "stages": 2, "stage-d-steps": 2, "stage-g-rounds": 1,
-          "eval-samples": 64, "downstream-samples": 64, "downstream-epochs": 1, "mia-size": 8}
+          "eval-samples": 64, "lira-references": 0, "downstream-samples": 64, "downstream-epochs": 1, "mia-size": 8}
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ def test_two_hundred_requests_from_the_schedule_and_four_concurrent_processes_al
     forget = [{"site": site, "items": [item], "round": 1 + k // 2} for k, (site, item) in enumerate(scheduled)]
     scenario = tiny_scenario(training={"rounds": 60, "checkpoint-every": 0}, evaluation={"every": 0},
                              unlearning={"methods": ["finetune"], "relearn-rounds": 1, "eval-samples": 32,
+                                         "lira-references": 0,
                                          "downstream-samples": 32, "downstream-epochs": 1, "mia-size": 4,
                                          "proof-workers": 0}, forget=forget)
     out = tmp_path / "run"

@@ -23,7 +23,8 @@ def proof_scenario(workers, requests, methods=("cascaded", "finetune", "retrain"
         evaluation={"every": 0},
         engine={"name": engine},
         unlearning={"methods": list(methods), "stages": 2, "stage-d-steps": 2, "stage-g-rounds": 1,
-                    "relearn-rounds": 2, "eval-samples": 128, "downstream-samples": 128, "downstream-epochs": 1,
+                    "relearn-rounds": 2, "eval-samples": 128,
+                    "lira-references": 0, "downstream-samples": 128, "downstream-epochs": 1,
                     "mia-size": 8, "proof-workers": workers},
         forget=requests,
     )

@@ -25,7 +25,8 @@ def resume_scenario_file(tmp_path: Path) -> Path:
         training={"rounds": 6, "checkpoint-every": 2},
         evaluation={"every": 2},
         unlearning={"methods": ["cascaded", "retrain"], "stages": 2, "stage-d-steps": 2, "stage-g-rounds": 1,
-                    "eval-samples": 64, "downstream-samples": 64, "downstream-epochs": 1, "proof-workers": 0},
+                    "eval-samples": 64,
+                    "lira-references": 0, "downstream-samples": 64, "downstream-epochs": 1, "proof-workers": 0},
         forget=[{"site": 0, "class": 2, "round": 3}],
     )
     path = tmp_path / "scenario.toml"

@@ -48,7 +48,8 @@ def test_a_failing_node_misses_its_round_with_the_reason_and_rejoins(tmp_path, f
 def test_a_node_failing_an_unlearning_stage_gets_the_request_refused_and_nothing_half_applied(tmp_path):
     forget = [{"site": 0, "class": 2, "round": 2}]
     unlearning = {"methods": ["cascaded", "retrain"], "stages": 2, "stage-d-steps": 2, "stage-g-rounds": 1,
-                  "eval-samples": 64, "downstream-samples": 64, "downstream-epochs": 1, "proof-workers": 0}
+                  "eval-samples": 64,
+                  "lira-references": 0, "downstream-samples": 64, "downstream-epochs": 1, "proof-workers": 0}
     summary = flower_run(tmp_path, "raise:0:unlearn", unlearning=unlearning, forget=forget)
     (view,) = ForgetLedger(tmp_path / "run" / "ledger.jsonl").states().values()
     assert view["state"] == "refused" and "serving failed and was undone" in view["reason"]

@@ -23,7 +23,8 @@ from tests.conftest import tiny_scenario
 CERTIFICATE_FIELDS = ("request", "method", "fid_lenet_retained", "downstream_accuracy", "seconds",
                       "speedup_vs_retrain")
 FAST_UNLEARNING = {"stages": 2, "stage-d-steps": 2, "stage-g-rounds": 1, "relearn-rounds": 1, "noise-steps": 2,
-                   "eval-samples": 64, "downstream-samples": 64, "downstream-epochs": 1, "mia-size": 8}
+                   "eval-samples": 64,
+                   "lira-references": 0, "downstream-samples": 64, "downstream-epochs": 1, "mia-size": 8}
 
 
 def forget_scenario(methods, forget, rounds=4):
@@ -430,3 +431,25 @@ def test_a_certificate_counts_the_site_discriminator_steps_beside_the_generator_
     assert entry["retrain_site_d_steps"] == 2 * 3
     assert entry["speedup_site_d_steps_vs_retrain"] == pytest.approx(6 / 10)
     assert entry["retained_share_l1_to_retrain"]["after"] >= 0.0
+
+
+def test_an_item_request_is_also_certified_by_the_per_example_attack_on_the_same_targets(tmp_path):
+    # Prepare: site 1 forgets 10 items; 4 reference discriminators of 10 steps calibrate the per-example attack.
+    base = forget_scenario(["cascaded", "retrain"], [])
+    items = site_items(base, 1, 10)
+    scenario = tiny_scenario(training={"rounds": 4}, evaluation={"every": 0},
+                             unlearning={**FAST_UNLEARNING, "methods": ["cascaded", "retrain"],
+                                         "lira-references": 4, "lira-steps": 10},
+                             forget=[{"site": 1, "items": items, "round": 2}])
+
+    # Execute
+    (entry,) = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)["unlearning"]
+
+    # Assert: the LiRA numbers sit beside the population attack's for before, after and retrain, on the same
+    # targets (F, R, N sizes equal to the population attack's); TPRs the few non-members cannot resolve are None.
+    for key in ("lira_auc_forget_vs_nonmember", "lira_auc_member_vs_nonmember"):
+        for side in ("before", "after", "retrain"):
+            assert 0.0 <= entry[key][side] <= 1.0, (key, side)
+    sizes = entry["mia_sizes"]["before"]
+    assert sizes["forget"] == FAST_UNLEARNING["mia-size"]
+    assert entry["lira_tpr_at_0.1pct_fpr_forget"]["before"] is None

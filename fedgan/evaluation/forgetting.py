@@ -83,13 +83,21 @@ def tpr_at_fpr(positive_scores: Scores, negative_scores: Scores, fpr: float = MI
     return float(np.mean(positive > threshold))
 
 
+def _count(scores: Scores) -> int:
+    """How many scores `scores` holds (a tensor, array or sequence)."""
+    return scores.numel() if isinstance(scores, torch.Tensor) else int(np.asarray(scores).size)
+
+
 def resolvable_tpr(positive_scores: Scores, negative_scores: Scores, fpr: float) -> float | None:
-    """`tpr_at_fpr`, or None where the negatives are too few to resolve `fpr` (fewer than 1 / fpr of them: the
-    threshold would be the highest negative score whatever `fpr` asks, and the number would claim a precision
-    the sample does not have)."""
-    count = np.asarray(negative_scores.detach().cpu() if isinstance(negative_scores, torch.Tensor)
-                       else negative_scores).size
-    if count * fpr < 1.0 - 1e-9:
+    """`tpr_at_fpr`, or None when there are fewer than 1/fpr negatives.
+
+    Below 1/fpr negatives the allowed number of false positives rounds down to zero, so the "TPR at fpr" is really
+    the TPR at whatever the sample's largest negative is; None says the sample cannot resolve that operating point.
+    """
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr: got {fpr}, expected a share in [0, 1]")
+    # The epsilon keeps 1000 * 0.001 = 0.999... from counting as too few.
+    if fpr * _count(negative_scores) < 1.0 - 1e-9:
         return None
     return tpr_at_fpr(positive_scores, negative_scores, fpr)
 

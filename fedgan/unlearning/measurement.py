@@ -23,12 +23,16 @@ from fedgan.evaluation.forgetting import (
     pseudo_label,
     retained_fid,
 )
+from fedgan.evaluation.lira import lira_attack, train_references
 from fedgan.evaluation.metrics import class_histogram
 from fedgan.federation import GeneratorServer
 from fedgan.forget import Resolution
+from fedgan.models import build_discriminator
 from fedgan.scenario import Scenario
+from fedgan.seeding import derive_seed, torch_generator
 
 CERTIFICATE_DRAW = "certificate"  # the seed tag of the certificate's latent draws
+LIRA_FAKE_SAMPLES = 2048  # G's samples the reference discriminators are trained against
 
 
 def share_stderr(histogram: list[float], count: int) -> float:
@@ -76,7 +80,7 @@ class ForgettingProbe:
                 if server.conditional:
                     metrics.update(self._conditional_rates(server, resolution.forget_classes, retained_classes))
             if resolution.request.kind == "items" and self.config.membership_attack:
-                metrics.update(self._membership(engine, resolution, index, forgotten_before or {}))
+                metrics.update(self._membership(engine, server, resolution, index, forgotten_before or {}))
             out[index] = metrics
         return out
 
@@ -130,16 +134,52 @@ class ForgettingProbe:
         nonmember = rng.permutation(np.flatnonzero(np.isin(test.labels.numpy(), classes)))[: self.config.mia_nonmembers]
         return forget, member, nonmember
 
-    def _membership(self, engine: SiteEngine, resolution: Resolution, index: int, forgotten_before: SiteIds
-                    ) -> dict[str, Any]:
-        """LOGAN-style attack on the requesting site's D: F forgotten, R retained members, N test non-members."""
+    def _membership(self, engine: SiteEngine, server: GeneratorServer, resolution: Resolution, index: int,
+                    forgotten_before: SiteIds) -> dict[str, Any]:
+        """Both attacks on the requesting site's D: the LOGAN-style population attack on its raw logits, and the
+        per-example LiRA-style attack calibrated by `lira-references` reference discriminators (0: none)."""
         site = resolution.request.site
+        sets = self.attack_sets(resolution, index, forgotten_before)
+        images, labels = self._attack_images(sets)
+        conditional_labels = labels if self.scenario.model.conditional else None
+        logits = engine.query_logits(site, images, conditional_labels).numpy()
+        bounds = np.cumsum([0] + [len(ids) for ids in sets])
+        groups = {name: np.arange(bounds[k], bounds[k + 1]) for k, name in enumerate(("forget", "member", "nonmember"))}
+        metrics = membership_inference(*(logits[groups[name]] for name in ("forget", "member", "nonmember")))
+        if self.config.lira_references:
+            metrics.update(self._lira(server, site, sets, images, conditional_labels, logits, groups))
+        return metrics
+
+    def _attack_images(self, sets: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """F, R (training items by id) and N (test positions) as one image tensor, in that order, with labels."""
         train, test = self.splits.train, self.splits.test
-        forget, member, nonmember = self.attack_sets(resolution, index, forgotten_before)
-        scores = []
-        for images, labels in ((train.float_images()[self._positions(forget)], train.labels[self._positions(forget)]),
-                               (train.float_images()[self._positions(member)], train.labels[self._positions(member)]),
-                               (test.float_images()[nonmember], test.labels[nonmember])):
-            conditional_labels = labels if self.scenario.model.conditional else None
-            scores.append(engine.query_logits(site, images, conditional_labels).numpy())
-        return membership_inference(*scores)
+        forget, member, nonmember = sets
+        positions = self._positions(np.concatenate([forget, member]))
+        images = torch.cat([train.float_images()[positions], test.float_images()[nonmember]])
+        labels = torch.cat([train.labels[positions], test.labels[nonmember]])
+        return images, labels
+
+    def _lira(self, server: GeneratorServer, site: int, sets: tuple[np.ndarray, np.ndarray, np.ndarray],
+              targets: torch.Tensor, target_labels: torch.Tensor | None, observed: np.ndarray,
+              groups: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The per-example attack (`fedgan.evaluation.lira`): references of the site's architecture, each trained
+        against G as it stands, on the site's other items plus half of the targets; seeded, so before, every
+        method and retrain are attacked with the same masks and the same initial references."""
+        c, training, train = self.config, self.scenario.training, self.splits.train
+        forget, member, _ = sets
+        held = train.ids.numpy()[site_positions(self.scenario)[site]]
+        population = held[~np.isin(held, np.concatenate([forget, member]))]
+        if len(population) == 0:
+            return {"lira_skipped": "the site holds no item outside the attack's targets to train references on"}
+        positions = self._positions(population)
+        fake_labels = server.sample_labels(LIRA_FAKE_SAMPLES, torch_generator(self.scenario.seed, "lira"))
+        fake = server.sample(LIRA_FAKE_SAMPLES, f"{CERTIFICATE_DRAW}-lira", fake_labels)
+        conditional = target_labels is not None
+        spec, shape, num_classes = self.scenario.model, train.image_shape, train.num_classes
+        references = train_references(
+            lambda k: build_discriminator(spec, shape, num_classes, derive_seed(self.scenario.seed, "lira", k)),
+            train.float_images()[positions], train.labels[positions] if conditional else None,
+            targets, target_labels, fake, fake_labels if conditional else None,
+            count=c.lira_references, steps=c.lira_steps, batch_size=training.batch_size,
+            lr=training.lr_discriminator, betas=(training.beta1, training.beta2), seed=self.scenario.seed)
+        return lira_attack(observed, references, groups)
