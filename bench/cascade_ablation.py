@@ -62,12 +62,13 @@ def main() -> None:
     parser.add_argument("--methods", default="cascaded", help="comma-separated methods to run for each variant")
     parser.add_argument("--variant", action="append", help="key=value,... (repeatable); default: a built-in set")
     parser.add_argument("--seed", type=int, default=None, help="the scenario's seed instead of its own")
+    parser.add_argument("--request", type=int, default=0, help="which [[forget]] entry to serve (0: the first)")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
     if args.seed is not None:
         scenario = scenario.replace(seed=args.seed)
     out = Path(args.out or f"runs/ablation-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    request = scenario.forget[0]
+    request = scenario.forget[args.request]
     rounds = request.round
     splits, evaluator = prepare(scenario)
 
@@ -117,6 +118,9 @@ def main() -> None:
                 "retained_share_l1_to_retrain": {
                     side: retained_l1(entry["class_histogram"][side], retrain_shares, request.forget_class)
                     for side in ("before", "after")},
+                **{extra: {"before": entry[extra]["before"], "after": entry[extra]["after"],
+                           "retrain": reference[extra]["after"]}
+                   for extra in ("forget_class_rate_unasked", "forget_class_rate_asked") if extra in entry},
                 "class_histogram_after": entry["class_histogram"]["after"],
                 "rounds": entry["rounds"], "seconds": entry["seconds"],
                 "speedup_rounds": rounds / max(entry["rounds"], 1),
