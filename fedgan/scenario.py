@@ -140,6 +140,11 @@ class UnlearningConfig:
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
     drop_class_weight: bool = False
+    fnn_layer: str = "varying-ranked"  # `fnn`'s forgetting layer type (fedgan.forgetting_layers)
+    fnn_tau: float = 20.0  # fixed types: retention time τ in unlearning iterations
+    fnn_tau_min: float = 5.0  # varying types: τ of the most active neuron ...
+    fnn_tau_max: float = 50.0  # ... and of the least active
+    fnn_fraction: float = 0.2  # ranked types: share of neurons ranked most active on the forget set
     mia_size: int = 64  # F: forgotten items attacked
     mia_nonmembers: int = 1000  # N and R: 1,000 non-members resolve a TPR at 0.1 % FPR
     lira_references: int = 8  # reference discriminators of the per-example attack (0: population attack only)
@@ -419,6 +424,13 @@ def _validate_unlearning(s: Scenario) -> None:
              "unlearning.lira-references", f"got {u.lira_references}",
              "use 0 (no per-example attack) or an even number >= 4 (half the references hold each target, and "
              "each side needs two to measure a spread)")
+    from fedgan.forgetting_layers import FORGETTING_LAYER_TYPES
+
+    _one_of(u.fnn_layer, FORGETTING_LAYER_TYPES, "unlearning.fnn-layer")
+    _require(u.fnn_tau > 0, "unlearning.fnn-tau", f"got {u.fnn_tau}", "use a positive retention time")
+    _require(0 < u.fnn_tau_min <= u.fnn_tau_max, "unlearning.fnn-tau-min",
+             f"got fnn-tau-min {u.fnn_tau_min}, fnn-tau-max {u.fnn_tau_max}", "use 0 < fnn-tau-min <= fnn-tau-max")
+    _require(0 < u.fnn_fraction <= 1, "unlearning.fnn-fraction", f"got {u.fnn_fraction}", "use a share in (0, 1]")
     _require(u.weight >= 0, "unlearning.weight", f"got {u.weight}", "use a non-negative weight (λ)")
     _require(u.impair_lr_scale > 0, "unlearning.impair-lr-scale", f"got {u.impair_lr_scale}", "use a positive factor")
     _require(u.generator_lr_scale > 0, "unlearning.generator-lr-scale", f"got {u.generator_lr_scale}",

@@ -6,7 +6,11 @@ Only the site that held the items runs these stages, on its own shard; the items
   BCE(D(x_retain), 1) + BCE(D(x̂), 0) + λ·BCE(D(x_forget), y_fake);
 - ``noise`` (UNSIR adapted to a discriminator, our adaptation): error-maximising noise for the forget items'
   labels, then impair steps (that noise presented as real, at a raised learning rate) and repair steps on retained
-  data only.
+  data only;
+- ``fnn`` (forgetting neural networks, a reconstruction: `fedgan.forgetting_layers`): forgetting layers of type
+  `fnn_layer` after D's hidden layers, ranked on the forget items; `steps` iterations of decay followed by one
+  rehearsal step on the site's usual retained-real / generated-fake loss; then the factors are folded into D's
+  weights (exact: LeakyReLU is positively homogeneous), so D keeps its architecture and its site group.
 """
 from __future__ import annotations
 
@@ -15,12 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
+
+from fedgan.forgetting_layers import fnn_unlearn, fold_forgetting_layers, insert_forgetting_layers
 
 if TYPE_CHECKING:
     from fedgan.site import Site
 
-STAGE_KINDS = ("fake_label", "noise")
+STAGE_KINDS = ("fake_label", "noise", "fnn")
 STAGE_PROBE_ITEMS = 256  # forget items on which a stage reports mean D before/after
 NOISE_L2 = 0.1  # UNSIR's penalty on the noise's norm
 NOISE_LR = 0.1  # UNSIR's learning rate for the noise
@@ -39,6 +46,11 @@ class UnlearnStageOptions:
     fake_label: float | str = 0.0
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
+    fnn_layer: str = "varying-ranked"
+    fnn_tau: float = 20.0
+    fnn_tau_min: float = 5.0
+    fnn_tau_max: float = 50.0
+    fnn_fraction: float = 0.2
 
 
 def run_stage(site: Site, fake: torch.Tensor, fake_labels: torch.Tensor | None, forget_ids: np.ndarray,
@@ -53,6 +65,8 @@ def run_stage(site: Site, fake: torch.Tensor, fake_labels: torch.Tensor | None, 
         target = _noise_stage(site, fake, fake_labels, forget_pos, options)
     elif options.kind == "fake_label":
         target = _fake_label_stage(site, fake, fake_labels, forget_pos, options)
+    elif options.kind == "fnn":
+        target = _fnn_stage(site, fake, fake_labels, forget_pos, options)
     else:
         raise KeyError(f"unknown unlearning stage kind {options.kind!r}; use one of {', '.join(STAGE_KINDS)}")
     return {"d_forget_before": before, "d_forget_after": mean_probability(site, probe),
@@ -86,12 +100,38 @@ def _fake_label_stage(site: Site, fake, fake_labels, forget_pos, options: Unlear
     return target
 
 
-def _retained_real_loss(site: Site) -> torch.Tensor:
-    """BCE(D(x_retain), 1) on a retained batch; zero when the site retains nothing (the term drops out)."""
+def _retained_real_loss(site: Site, discriminator: nn.Module | None = None) -> torch.Tensor:
+    """BCE(D(x_retain), 1) on a retained batch; zero when the site retains nothing (the term drops out).
+    `discriminator`: a stand-in for the site's D (the fnn stage's layered copy)."""
     if not site.shard.has_real:
         return torch.zeros((), device=site.device)
     real, real_labels = site.sample_real(site.options.batch_size)
-    return F.softplus(-site.discriminator(real, real_labels)).mean()
+    D = discriminator if discriminator is not None else site.discriminator
+    return F.softplus(-D(real, real_labels)).mean()
+
+
+def _fnn_stage(site: Site, fake, fake_labels, forget_pos, options: UnlearnStageOptions) -> float:
+    """FNN at the site (a reconstruction): forgetting layers in a copy of D after every hidden layer (not the head),
+    ranked by activity on a forget batch; `steps` × (decay, one rehearsal step on retained real vs the stage's
+    fake, with a fresh Adam at the site's learning rate); the factors folded back into the site's own D."""
+    D = site.discriminator
+    forget, forget_labels = site.shard.sample_from(forget_pos, site.options.batch_size, site.rng)
+    layered, layers = insert_forgetting_layers(
+        D, options.fnn_layer, (forget, forget_labels), after=(nn.Conv2d, nn.Linear), skip=("head",),
+        tau=options.fnn_tau, tau_min=options.fnn_tau_min, tau_max=options.fnn_tau_max, fraction=options.fnn_fraction)
+    optimizer = torch.optim.Adam(layered.parameters(), lr=site.options.lr, betas=site.options.betas)
+
+    def rehearsal(model: nn.Module, _batch: object) -> torch.Tensor:
+        return _retained_real_loss(site, model) + F.softplus(model(fake, fake_labels)).mean()
+
+    fnn_unlearn(layered, layers, [None], rehearsal, iterations=options.steps, optimizer=optimizer,
+                forget_inputs=[(forget, forget_labels)])
+    folded = fold_forgetting_layers(layered)
+    with torch.no_grad():  # in place: a site group's D parameters are views of its stacked state
+        for own, learned in zip(D.parameters(), folded.parameters(), strict=True):
+            own.copy_(learned)
+    site.steps += options.steps
+    return 0.0
 
 
 def _noise_stage(site: Site, fake, fake_labels, forget_pos, options: UnlearnStageOptions) -> float:
