@@ -16,13 +16,16 @@ import argparse
 import copy
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedgan.engine import InProcessEngine  # noqa: E402
+from fedgan.engine import InProcessEngine, SitesSnapshot  # noqa: E402
 from fedgan.federation import GeneratorServer  # noqa: E402
 from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import load_scenario  # noqa: E402
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", help="key=value,... (repeatable); default: a built-in set")
     parser.add_argument("--seed", type=int, default=None, help="the scenario's seed instead of its own")
     parser.add_argument("--request", type=int, default=0, help="which [[forget]] entry to serve (0: the first)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the trained federation and retrain's entry from an earlier call's --out")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
     if args.seed is not None:
@@ -76,13 +81,23 @@ def main() -> None:
     engine = InProcessEngine(scenario, "cpu")
     sites = engine.open()
     server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, engine.device)
-    started = time.perf_counter()
-    for _ in range(rounds):
-        server.step(engine)
-    train_seconds = time.perf_counter() - started
+    cache = out / "trained.pt"
+    if args.reuse and cache.exists():  # the federation trained by an earlier call with the same --out
+        saved = torch.load(cache, weights_only=False)
+        engine.load_snapshot(SitesSnapshot(sites=saved["sites"]))
+        server.load_state_dict(saved["server"])
+        server.class_counts, train_seconds = saved["counts"], saved["train_seconds"]
+    else:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            server.step(engine)
+        train_seconds = time.perf_counter() - started
     engine.snapshot("trained")
     trained = copy.deepcopy(server.state_dict())
     counts = server.class_counts.copy()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"sites": engine.export_snapshot("trained").sites, "server": trained, "counts": counts,
+                "train_seconds": train_seconds}, cache)
     print(json.dumps({"scenario": scenario.name, "rounds": rounds, "train_seconds": train_seconds}), flush=True)
 
     def serve(name: str, unlearning) -> dict:
@@ -90,12 +105,18 @@ def main() -> None:
         server.load_state_dict(copy.deepcopy(trained))
         server.class_counts = counts.copy()
         variant = scenario.replace(unlearning=unlearning)
+        shutil.rmtree(out / name, ignore_errors=True)  # a variant run again starts with an empty ledger
         service = ForgetService(variant, splits, evaluator, out / name)
         service.serve(server, engine, [request.with_id()], rounds)
         return service.results[0]
 
     # ---------------- retrain once (the reference for every variant) ----------------
-    reference = serve("retrain", dataclasses.replace(scenario.unlearning, methods=("retrain",)))
+    reference_file = out / "retrain.json"
+    if args.reuse and reference_file.exists():
+        reference = json.loads(reference_file.read_text())
+    else:
+        reference = serve("retrain", dataclasses.replace(scenario.unlearning, methods=("retrain",)))
+        reference_file.write_text(json.dumps(reference))
     retrain_seconds, key = reference["seconds"], ("forget_class_rate" if request.kind == "class"
                                                   else "mia_auc_forget_vs_nonmember")
     print(json.dumps({"retrain_seconds": retrain_seconds, key: reference[key]["after"],

@@ -137,6 +137,7 @@ class UnlearningConfig:
     weight: float = 1.0
     fake_label: Any = 0.0
     relearn_rounds: int = 10
+    repair_rounds: int = 0  # cascaded: G rounds at G's own learning rate after the stages
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
     drop_class_weight: bool = False
@@ -417,7 +418,7 @@ def _validate_unlearning(s: Scenario) -> None:
                 "downstream_epochs", "lira_steps"):
         value = getattr(u, key)
         _require(value >= 1, f"unlearning.{_toml_key(key)}", f"got {value}", "use a positive integer")
-    for key in ("stage_g_rounds", "relearn_rounds", "noise_steps"):
+    for key in ("stage_g_rounds", "relearn_rounds", "repair_rounds", "noise_steps"):
         value = getattr(u, key)
         _require(value >= 0, f"unlearning.{_toml_key(key)}", f"got {value}", "use 0 or a positive integer")
     _require(u.lira_references == 0 or (u.lira_references >= 4 and u.lira_references % 2 == 0),

@@ -459,3 +459,30 @@ def test_an_item_request_is_also_certified_by_the_per_example_attack_on_the_same
     sizes = entry["mia_sizes"]["before"]
     assert sizes["forget"] == FAST_UNLEARNING["mia-size"]
     assert entry["lira_tpr_at_0.1pct_fpr_forget"]["before"] is None
+
+
+def test_the_cascade_repairs_with_generator_rounds_at_the_training_learning_rate(tmp_path, monkeypatch):
+    # Prepare: the cascade's 2 stages × 1 G round at 4× G's rate, then 3 repair rounds at G's own rate.
+    base = forget_scenario(["cascaded"], [])
+    klass = held_class(base, 0)
+    scenario = tiny_scenario(training={"rounds": 4}, evaluation={"every": 0},
+                             unlearning={**FAST_UNLEARNING, "methods": ["cascaded"], "repair-rounds": 3,
+                                         "generator-lr-scale": 4.0},
+                             forget=[{"site": 0, "class": klass, "round": 2}])
+    seen_rates = []
+    original_step = GeneratorServer.step
+
+    def recording_step(server, engine):
+        seen_rates.append(server.optimizer.param_groups[0]["lr"])
+        return original_step(server, engine)
+
+    monkeypatch.setattr(GeneratorServer, "step", recording_step)
+
+    # Execute
+    (entry,) = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)["unlearning"]
+
+    # Assert: 2 + 3 generator rounds; the repair rounds ran at the training rate, the stages' at 4×.
+    base_lr = scenario.training.lr_generator
+    assert entry["rounds"] == 5 and entry["details"]["repair_rounds"] == 3
+    assert seen_rates[2:4] == [pytest.approx(4 * base_lr)] * 2
+    assert seen_rates[4:7] == [pytest.approx(base_lr)] * 3

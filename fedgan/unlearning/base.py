@@ -44,10 +44,11 @@ class UnlearningJob:
     stage_stats: list[dict[str, Any]] = field(default_factory=list)
     weights_dropped: bool = False
 
-    def generator_rounds(self, count: int) -> None:
+    def generator_rounds(self, count: int, lr_scale: float | None = None) -> None:
         """`count` normal UA rounds (every site's D step on its real stream, which excludes the forget items),
-        with G's learning rate times `generator-lr-scale` (the server's share of the request)."""
-        with scaled_learning_rate(self.server.optimizer, self.config.generator_lr_scale):
+        with G's learning rate times `lr_scale` (default `generator-lr-scale`: the server's share of the request)."""
+        scale = self.config.generator_lr_scale if lr_scale is None else lr_scale
+        with scaled_learning_rate(self.server.optimizer, scale):
             for _ in range(count):
                 self.server.step(self.engine)
         self.rounds_used += count

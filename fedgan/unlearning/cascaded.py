@@ -9,7 +9,9 @@ is the project's reading (docs/methods.md, "Cascaded GAN unlearning"), with its 
   usual retained-real / generated-fake terms, y_fake = `fake_label` (0 by default, or "generated");
 - cascade: S stages, each a site-side D stage (at every requesting site, concurrently) followed by
   `stage_g_rounds` normal UA rounds in which G moves away from what D_s now rejects. Other sites' discriminators
-  are untouched by the D stage (they never saw the forget items).
+  are untouched by the D stage (they never saw the forget items);
+- repair (ours): `repair_rounds` more normal UA rounds at G's training learning rate, in which G settles back into
+  the mixture of what the sites keep (the removed mass spread as the data spread it, not to the nearest mode).
 Federated form: the D stage runs at the requesting site only, on its own shard; the server sends one synthetic
 batch per stage and receives four numbers; G's steps are the normal protocol. Afterwards the items are deleted.
 """
@@ -28,12 +30,13 @@ def stage_options(job: UnlearningJob, fake_label: Any) -> UnlearnStageOptions:
 
 
 def run_cascade(job: UnlearningJob, fake_label: Any) -> None:
-    """Substitute, then S × (site D stage → G rounds), then delete."""
+    """Substitute, then S × (site D stage → G rounds), then `repair-rounds` G rounds at G's own learning rate."""
     job.substitute()
     options = stage_options(job, fake_label)
     for stage in range(1, job.config.stages + 1):
         job.site_stage(options, stage)
         job.generator_rounds(job.config.stage_g_rounds)
+    job.generator_rounds(job.config.repair_rounds, lr_scale=1.0)
 
 
 @register_method
@@ -45,4 +48,5 @@ class Cascaded(UnlearningMethod):
     def run(self, job: UnlearningJob) -> dict[str, Any]:
         run_cascade(job, job.config.fake_label)
         job.commit()
-        return {"fake_label": job.config.fake_label, "stages": job.config.stages}
+        return {"fake_label": job.config.fake_label, "stages": job.config.stages,
+                "repair_rounds": job.config.repair_rounds}
