@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", help="key=value,... (repeatable); default: a built-in set")
     parser.add_argument("--seed", type=int, default=None, help="the scenario's seed instead of its own")
     parser.add_argument("--request", type=int, default=0, help="which [[forget]] entry to serve (0: the first)")
+    parser.add_argument("--batch", action="store_true",
+                        help="serve every request of that round together (as the scenario does), report this one")
     parser.add_argument("--reuse", action="store_true",
                         help="take the trained federation and retrain's entry from an earlier call's --out")
     args = parser.parse_args()
@@ -75,6 +77,9 @@ def main() -> None:
     out = Path(args.out or f"runs/ablation-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     request = scenario.forget[args.request]
     rounds = request.round
+    # --batch: every request due in that round is served together, as the scenario serves them; rows are this one's
+    batch = [r for r in scenario.forget if r.round == rounds] if args.batch else [request]
+    position = batch.index(request)
     splits, evaluator = prepare(scenario)
 
     # ---------------- train once up to the request ----------------
@@ -107,8 +112,8 @@ def main() -> None:
         variant = scenario.replace(unlearning=unlearning)
         shutil.rmtree(out / name, ignore_errors=True)  # a variant run again starts with an empty ledger
         service = ForgetService(variant, splits, evaluator, out / name)
-        service.serve(server, engine, [request.with_id()], rounds)
-        return service.results[0]
+        service.serve(server, engine, [r.with_id() for r in batch], rounds)
+        return service.results[position]
 
     # ---------------- retrain once (the reference for every variant) ----------------
     reference_file = out / "retrain.json"
