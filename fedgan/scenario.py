@@ -24,6 +24,7 @@ from fedgan.site_group import BATCHING
 
 ENGINES = ("flower", "inprocess", "batched")
 SITE_WEIGHTS = ("size", "uniform", "per_class")
+MAX_CPUS_PER_SITE = 4096  # a site's torch thread count: beyond any machine, and far below a C int
 LABEL_SAMPLING = ("uniform", "data")
 R1_TARGETS = ("logit", "probability")
 DEVICES = ("auto", "cpu", "cuda")
@@ -385,7 +386,8 @@ def validate(s: Scenario) -> None:
     _one_of(g.name, ENGINES, "engine.name")
     _one_of(g.device, DEVICES, "engine.device")
     _one_of(g.batching, BATCHING, "engine.batching")
-    _require(g.num_cpus > 0, "engine.num-cpus", f"got {g.num_cpus}", "use a positive number of CPUs per site")
+    _require(0 < g.num_cpus <= MAX_CPUS_PER_SITE, "engine.num-cpus", f"got {g.num_cpus}",
+             f"use a positive number of CPUs per site, at most {MAX_CPUS_PER_SITE}")
     _require(g.num_gpus >= 0, "engine.num-gpus", f"got {g.num_gpus}", "use 0 or a positive GPU share per site")
     _require(g.round_timeout > 0, "engine.round-timeout", f"got {g.round_timeout}", "use a positive number of seconds")
     _require(0 < g.poll_interval <= 10, "engine.poll-interval", f"got {g.poll_interval}",
@@ -439,7 +441,8 @@ def _validate_unlearning(s: Scenario) -> None:
     workers = u.proof_workers
     _require(workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0),
              "unlearning.proof-workers", f"got {workers!r}", 'use "auto", 0 (in line) or a number of Ray workers')
-    _require(u.proof_threads >= 1, "unlearning.proof-threads", f"got {u.proof_threads}", "use a positive integer")
+    _require(1 <= u.proof_threads <= MAX_CPUS_PER_SITE, "unlearning.proof-threads", f"got {u.proof_threads}",
+             f"use a positive integer, at most {MAX_CPUS_PER_SITE}")
     _require(0 <= u.proof_gpus <= 1, "unlearning.proof-gpus", f"got {u.proof_gpus}",
              "use a GPU share in [0, 1] (0: the workers run on the CPU)")
     label = u.fake_label
