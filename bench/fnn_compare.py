@@ -1,0 +1,427 @@
+"""FNN against the other unlearning methods on one class request: the generator and two classifiers (issue 18).
+
+Trains the scenario's federation once (in process) up to its forget request's round, keeps that state, runs
+`retrain` once, then serves the same request with each other method of [unlearning] from the same state (as
+bench/cascade_ablation.py does). Beside the generator, two classifier settings forget the same class with every
+classifier method (fnn with each layer type, noise, uniform, finetune; `fedgan.classifier_unlearning`):
+
+  (a) an MLP trained on the requesting site's own shard, tested on the real test images of the classes that site
+      holds; its reference is a classifier retrained from scratch without the class;
+  (b) the proof's downstream classifier, trained on the trained generator's pseudo-labelled samples (the proof's
+      draw and count, `downstream-samples`); forget = the samples labelled as the class; tested on real test
+      images; its reference is the same classifier trained on the retrained federation's samples, which costs the
+      federation's retrain plus that training. Its attack's non-members are a held-out draw of the same generator.
+
+Writes `fnn-compare.json` (every row and certificate), `fnn-compare.md` (one table per setting, the gaps to retrain
+and issue 18's targets, PASS/MISS) and `fnn-compare.png` (forget and retained metric per method, retrain as a line)
+into the out folder, and prints the markdown.
+
+    FEDGAN_CACHE=/tmp/fcache .venv/bin/python bench/fnn_compare.py scenarios/fnn-compare.toml [--out runs/fnn-compare]
+
+`--skip-federation` runs setting (a) alone (no GAN, no evaluator); `--methods a,b` replaces the GAN methods.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedgan.classifier_unlearning import (  # noqa: E402
+    ClassifierUnlearningOptions,
+    build_mlp_classifier,
+    class_request,
+    compare,
+    compare_with_reference,
+    downstream_classifier,
+    generated_class_request,
+    train_classifier,
+)
+from fedgan.datasets import DatasetSplits  # noqa: E402
+from fedgan.engine import InProcessEngine, load_federation_data, site_positions  # noqa: E402
+from fedgan.evaluation.classifier import Evaluator  # noqa: E402
+from fedgan.evaluation.forgetting import pseudo_label  # noqa: E402
+from fedgan.federation import GeneratorServer  # noqa: E402
+from fedgan.forget import ForgetRequest  # noqa: E402
+from fedgan.preparation import prepare  # noqa: E402
+from fedgan.scenario import Scenario, load_scenario  # noqa: E402
+from fedgan.storage import atomic_write_bytes  # noqa: E402
+from fedgan.unlearning.measurement import CERTIFICATE_DRAW  # noqa: E402
+from fedgan.unlearning.orchestrator import ForgetService  # noqa: E402
+
+LabelledImages = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
+CLASSIFIER_METHODS = ("original", "fnn-fixed-all", "fnn-fixed-ranked", "fnn-varying-all", "fnn-varying-ranked",
+                      "noise", "uniform", "finetune", "retrain")
+HELDOUT_DRAW = "fnn-compare-heldout"  # the seed tag of setting (b)'s non-member draw (the proof never uses it)
+# ---- issue 18's targets ----
+GENERATOR_RATE_FLOOR = 0.01  # forget-class rate <= max(1 %, retrain's + 0.5 point)
+GENERATOR_RATE_MARGIN = 0.005
+GENERATOR_FID_RATIO = 1.10  # retained FID_LeNet within 10 % of retrain's (a lower FID is no miss)
+CLASSIFIER_FORGET_MARGIN = 0.02  # forget accuracy <= retrain's + 2 points
+CLASSIFIER_RETAINED_MARGIN = 0.01  # retained accuracy within 1 point of retrain's
+CLASSIFIER_AUC_MARGIN = 0.03  # membership AUC on the forgotten items within 0.03 of retrain's
+CLASSIFIER_TIME_SHARE = 0.1  # in at most a tenth of retrain's time
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Setting (a): the requesting site's own classifier
+# ----------------------------------------------------------------------------------------------------------------
+
+def site_setting(scenario: Scenario, splits: DatasetSplits, request: ForgetRequest,
+                 options: ClassifierUnlearningOptions) -> dict[str, Any]:
+    """An MLP on the requesting site's shard forgets the request's class; tested on the classes the site holds
+    (a site never saw the others, so every model, retrain included, would fail them alike)."""
+    train, test = splits.train, splits.test
+    positions = torch.as_tensor(site_positions(scenario)[request.site])
+    images, labels = train.float_images()[positions], train.labels[positions]
+    held = sorted(labels.unique().tolist())
+    setting = {"site": request.site, "shard_items": len(labels), "classes_held": held}
+    if held == [request.forget_class]:
+        return {**setting, "skipped": "the site holds the forgotten class only: forgetting it empties the shard"}
+    keep = torch.isin(test.labels, torch.tensor(held))
+    task = class_request(images, labels, test.float_images()[keep], test.labels[keep], [request.forget_class],
+                         train.num_classes)
+    model = build_mlp_classifier(train.image_shape, train.num_classes, seed=scenario.seed)
+    started = time.perf_counter()
+    train_classifier(model, images, labels, seed=scenario.seed, options=options)
+    setting.update(test_items=int(keep.sum()), forget_items=int(task.forget_mask.sum()),
+                   train_seconds=time.perf_counter() - started)
+    return {**setting, "rows": compare(CLASSIFIER_METHODS, model, task, seed=scenario.seed, options=options)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Setting (b): the proof's downstream classifier
+# ----------------------------------------------------------------------------------------------------------------
+
+def labelled_draw(server: GeneratorServer, evaluator: Evaluator, count: int, tag: str) -> LabelledImages:
+    """`count` samples of G's seeded draw `tag`, with the evaluator's labels (as the proof's downstream set)."""
+    images = server.sample(count, tag)
+    return images, pseudo_label(evaluator, images)
+
+
+def downstream_setting(scenario: Scenario, splits: DatasetSplits, request: ForgetRequest, before: LabelledImages,
+                       heldout: LabelledImages, retrained: LabelledImages, retrain_seconds: float,
+                       options: ClassifierUnlearningOptions) -> dict[str, Any]:
+    """The downstream classifier on G's samples forgets the class; its reference is trained on retrain's G.
+    `retrain_seconds`: the federation's retrain plus drawing and labelling retrain's samples."""
+    test, num_classes, epochs = splits.test, splits.train.num_classes, scenario.unlearning.downstream_epochs
+    counts = {"samples": len(before[1]), "forget_items": int((before[1] == request.forget_class).sum()),
+              "retrain_forget_items": int((retrained[1] == request.forget_class).sum()),
+              "heldout_forget_items": int((heldout[1] == request.forget_class).sum())}
+    if not counts["forget_items"] or not counts["heldout_forget_items"]:
+        return {**counts, "skipped": "the trained G drew no sample the evaluator labels as the class"}
+    model = downstream_classifier(*before, num_classes, epochs=epochs)
+    started = time.perf_counter()
+    reference = downstream_classifier(*retrained, num_classes, epochs=epochs)
+    reference_seconds = retrain_seconds + time.perf_counter() - started
+    task = generated_class_request(*before, *heldout, test.float_images(), test.labels, [request.forget_class],
+                                   num_classes)
+    rows = compare_with_reference(CLASSIFIER_METHODS, model, task, reference, reference_seconds, seed=scenario.seed,
+                                  options=options)
+    return {**counts, "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Targets
+# ----------------------------------------------------------------------------------------------------------------
+
+def generator_checks(row: dict[str, Any], retrain: dict[str, Any]) -> dict[str, bool]:
+    """Issue 18's generator targets for one method: forget-class rate and retained FID_LeNet against retrain's."""
+    rate_bound = max(GENERATOR_RATE_FLOOR, retrain["forget_class_rate"] + GENERATOR_RATE_MARGIN)
+    return {"forget_rate": row["forget_class_rate"] <= rate_bound,
+            "retained_fid": row["fid_lenet_retained"] <= GENERATOR_FID_RATIO * retrain["fid_lenet_retained"]}
+
+
+def classifier_checks(row: dict[str, Any], retrain: dict[str, Any]) -> dict[str, bool]:
+    """Issue 18's classifier targets for one method, against the setting's retrain row."""
+    return {"forget": row["forget_accuracy"] <= retrain["forget_accuracy"] + CLASSIFIER_FORGET_MARGIN,
+            "retained": abs(row["retained_accuracy"] - retrain["retained_accuracy"]) <= CLASSIFIER_RETAINED_MARGIN,
+            "mia_auc": abs(row["mia_auc"] - retrain["mia_auc"]) <= CLASSIFIER_AUC_MARGIN,
+            "time": row["seconds"] <= CLASSIFIER_TIME_SHARE * retrain["seconds"]}
+
+
+def with_checks(rows: list[dict[str, Any]], checks) -> list[dict[str, Any]]:
+    """Each method's row gets its target checks against the retrain row (not retrain's, nor the before row:
+    `original` for a classifier, `before` for the generator)."""
+    retrain = next(row for row in rows if row["method"] == "retrain")
+    return [{**row, "checks": checks(row, retrain)} if row["method"] not in ("retrain", "original", "before")
+            else row for row in rows]
+
+
+def verdicts(setting: str, rows: list[dict[str, Any]]) -> list[str]:
+    """The target lines of one setting: PASS where some method (of the group the issue names) meets all."""
+    checked = [row for row in rows if "checks" in row]
+    passing = [row["method"] for row in checked if all(row["checks"].values())]
+    fnn_pass = [name for name in passing if name.startswith("fnn")]
+    if setting == "generator":
+        lines = []
+        for key, text in (("forget_rate", "forget-class rate <= max(1 %, retrain's + 0.5 point)"),
+                          ("retained_fid", "retained FID_LeNet within 10 % of retrain's (at most 1.1 x)")):
+            names = [r["method"] for r in checked if r["method"].startswith("fnn") and r["checks"][key]]
+            lines.append(f"- generator, fnn, {text}: {'PASS' if names else 'MISS'} ({', '.join(names) or 'none'})")
+        fnn_rows = [r for r in checked if r["method"].startswith("fnn")]
+        if fnn_rows:  # the best layer type: fewest targets missed, then the lowest retained FID
+            best = min(fnn_rows, key=lambda r: (sum(not v for v in r["checks"].values()), r["fid_lenet_retained"]))
+            lines.append(f"- generator, best layer type: {best['method']} (fewest targets missed, then lowest "
+                         f"retained FID: {best['fid_lenet_retained']:.2f})")
+        return lines
+    others = [name for name in passing if not name.startswith("fnn")]
+    rule = "forget acc <= retrain's + 2 points, retained within 1 point, MIA AUC within 0.03, <= 1/10 of its time"
+    return [f"- {setting}, fnn ({rule}): {'PASS' if fnn_pass else 'MISS'} ({', '.join(fnn_pass) or 'none'})",
+            f"- {setting}, another method: {'PASS' if others else 'MISS'} ({', '.join(others) or 'none'})"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report: markdown and the bar chart
+# ----------------------------------------------------------------------------------------------------------------
+
+def _cell(value: float | None, reference: float | None, digits: int) -> str:
+    if value is None:
+        return "-"
+    gap = "" if reference is None else f" ({value - reference:+.{digits}f})"
+    return f"{value:.{digits}f}{gap}"
+
+
+def _speed(retrain_seconds: float, seconds: float | None) -> str:
+    return "-" if seconds is None else f"{retrain_seconds / max(seconds, 1e-9):.3g}x"
+
+
+def _marks(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {'PASS' if v else 'MISS'}" for k, v in row.get("checks", {}).items()) or "-"
+
+
+def generator_table(rows: list[dict[str, Any]]) -> list[str]:
+    retrain = next(row for row in rows if row["method"] == "retrain")
+    lines = ["| method | forget-class rate (gap) | retained FID_LeNet (gap) | downstream acc (gap) | seconds | "
+             "speed-up | G rounds | site D steps | targets |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ref = None if row["method"] == "retrain" else retrain
+        cells = [row["method"], _cell(row["forget_class_rate"], ref and ref["forget_class_rate"], 4),
+                 _cell(row["fid_lenet_retained"], ref and ref["fid_lenet_retained"], 2),
+                 _cell(row["downstream_accuracy"], ref and ref["downstream_accuracy"], 4),
+                 _cell(row["seconds"], None, 2), _speed(retrain["seconds"], row["seconds"]),
+                 "-" if row["rounds"] is None else str(row["rounds"]),
+                 "-" if row["site_d_steps"] is None else str(row["site_d_steps"]), _marks(row)]
+        lines.append(f"| {' | '.join(cells)} |")
+    return lines
+
+
+def classifier_table(rows: list[dict[str, Any]]) -> list[str]:
+    retrain = next(row for row in rows if row["method"] == "retrain")
+    lines = ["| method | forget acc (gap) | retained acc (gap) | MIA AUC (gap) | TPR at 1 % FPR | seconds | "
+             "speed-up | targets |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ref = None if row["method"] == "retrain" else retrain
+        lines.append(
+            f"| {row['method']} | {_cell(row['forget_accuracy'], ref and ref['forget_accuracy'], 4)} | "
+            f"{_cell(row['retained_accuracy'], ref and ref['retained_accuracy'], 4)} | "
+            f"{_cell(row['mia_auc'], ref and ref['mia_auc'], 4)} | {row['mia_tpr_at_1pct_fpr']:.4f} | "
+            f"{row['seconds']:.2f} | {_speed(retrain['seconds'], row['seconds'])} | {_marks(row)} |")
+    return lines
+
+
+def _site_intro(site: dict[str, Any]) -> str:
+    return (f"Shard of {site['shard_items']} items (classes {site['classes_held']}, {site['forget_items']} to forget); "
+            f"tested on the {site['test_items']} test images of those classes; original trained in "
+            f"{site['train_seconds']:.1f} s.")
+
+
+def _downstream_intro(down: dict[str, Any]) -> str:
+    return (f"Trained on {down['samples']} generated samples ({down['forget_items']} labelled as the class; retrain's "
+            f"G drew {down['retrain_forget_items']}); attack non-members: a held-out draw of the same G "
+            f"({down['heldout_forget_items']} labelled as the class); retrain's seconds are the federation's retrain "
+            "plus drawing, labelling and training its classifier.")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    request = report["request"]
+    out = [f"# fnn-compare: {report['scenario']['name']}", "",
+           f"Site {request['site']} forgets class {request['class']} after round {report['rounds']}. FNN is a "
+           "RECONSTRUCTION of arXiv 2410.22374 from its abstract (fedgan/forgetting_layers.py). Gaps are after - "
+           "retrain; speed-up is retrain's seconds over the method's.", ""]
+    targets = []
+    if "generator" in report:
+        out += [f"## Generator (federation trained in {report['train_seconds']:.0f} s)", "",
+                *generator_table(report["generator"]["rows"]), ""]
+        targets += verdicts("generator", report["generator"]["rows"])
+    site = report["classifier_site"]
+    sections = [(f"Classifier (a): site {site['site']}'s own MLP", "classifier (a)", site, _site_intro)]
+    if "classifier_downstream" in report:
+        sections.append(("Classifier (b): the proof's downstream classifier", "classifier (b)",
+                         report["classifier_downstream"], _downstream_intro))
+    for title, name, setting, intro in sections:
+        out += [f"## {title}", ""]
+        if "skipped" in setting:
+            out += [f"Skipped: {setting['skipped']}.", ""]
+            targets.append(f"- {name}: not run ({setting['skipped']})")
+            continue
+        out += [intro(setting), "", *classifier_table(setting["rows"]), ""]
+        targets += verdicts(name, setting["rows"])
+    return "\n".join([*out, "## Issue 18's targets", "", *targets, ""])
+
+
+def _bars(names: list[str], series: list[tuple[Any, str, list[float], float, str]]) -> None:
+    """Grouped bars, one group per method, each series (axes, label, values, retrain's value, colour) on its own
+    axes (a rate and an FID need two scales); retrain's value as a dashed line of the series' colour."""
+    width = 0.8 / len(series)
+    for k, (axes, label, values, reference, colour) in enumerate(series):
+        offsets = [i + (k - (len(series) - 1) / 2) * width for i in range(len(names))]
+        axes.bar(offsets, values, width, label=label, color=colour)
+        axes.axhline(reference, color=colour, linestyle="--", linewidth=1)
+        axes.set_ylim(0, 1.3 * max(*values, reference, 1e-3))  # room for the legend above the bars
+    first = series[0][0]
+    first.set_xticks(range(len(names)))
+    first.set_xticklabels(names, rotation=45, ha="right")
+    first.grid(alpha=0.3, axis="y")
+    handles = [handle for axes in dict.fromkeys(entry[0] for entry in series)
+               for handle in axes.get_legend_handles_labels()[0]]
+    first.legend(handles=handles, loc="upper left", ncol=2)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """One panel per setting: forget and retained metric per method, retrain's values as dashed lines."""
+    panels = [key for key in ("generator", "classifier_site", "classifier_downstream")
+              if key in report and "rows" in report[key]]
+    figure = Figure(figsize=(6 * max(len(panels), 1), 4.5), layout="constrained")
+    axes_list = figure.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    titles = {"generator": "generator", "classifier_site": "classifier (a): site's own",
+              "classifier_downstream": "classifier (b): downstream"}
+    for axes, key in zip(axes_list, panels):
+        rows = report[key]["rows"]
+        retrain = next(row for row in rows if row["method"] == "retrain")
+        names = [row["method"] for row in rows]
+        if key == "generator":
+            twin = axes.twinx()
+            _bars(names, [(axes, "forget-class rate", [r["forget_class_rate"] for r in rows],
+                           retrain["forget_class_rate"], "tab:red"),
+                          (twin, "retained FID_LeNet (right)", [r["fid_lenet_retained"] for r in rows],
+                           retrain["fid_lenet_retained"], "tab:blue")])
+            axes.set_ylabel("forget-class rate")
+            twin.set_ylabel("retained FID_LeNet")
+        else:
+            _bars(names, [(axes, "forget accuracy", [r["forget_accuracy"] for r in rows],
+                           retrain["forget_accuracy"], "tab:red"),
+                          (axes, "retained accuracy", [r["retained_accuracy"] for r in rows],
+                           retrain["retained_accuracy"], "tab:green")])
+            axes.set_ylim(0, 1.25)
+            axes.set_ylabel("accuracy")
+        axes.set_title(f"{titles[key]} (dashed: retrain)")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
+
+def generator_row(name: str, entry: dict[str, Any], side: str = "after") -> dict[str, Any]:
+    """One method's generator numbers from its certificate entry (`side` "before": the trained federation)."""
+    before = side == "before"
+    return {"method": name, **{key: entry[key][side] for key in
+                               ("forget_class_rate", "fid_lenet_retained", "downstream_accuracy")},
+            "seconds": None if before else entry["seconds"], "rounds": None if before else entry["rounds"],
+            "site_d_steps": None if before else entry["site_d_steps"]}
+
+
+def federation_settings(scenario: Scenario, request: ForgetRequest, methods: list[str], out: Path,
+                        options: ClassifierUnlearningOptions) -> dict[str, Any]:
+    """The generator rows (every method from one trained state, one retrain) and classifier setting (b)."""
+    splits, evaluator = prepare(scenario)
+    rounds, samples = request.round, scenario.unlearning.downstream_samples
+
+    # ---------------- train once up to the request ----------------
+    engine = InProcessEngine(scenario, "cpu")
+    sites = engine.open()
+    server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, engine.device)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        server.step(engine)
+    train_seconds = time.perf_counter() - started
+    engine.snapshot("trained")
+    trained = copy.deepcopy(server.state_dict())
+    counts = server.class_counts.copy()
+    # setting (b)'s training set is the proof's downstream draw of this G; its non-members another draw of it
+    before = labelled_draw(server, evaluator, samples, f"{CERTIFICATE_DRAW}-downstream")
+    heldout = labelled_draw(server, evaluator, samples, HELDOUT_DRAW)
+    print(json.dumps({"scenario": scenario.name, "rounds": rounds, "train_seconds": train_seconds}), flush=True)
+
+    def serve(name: str) -> dict[str, Any]:
+        engine.restore("trained")
+        server.load_state_dict(copy.deepcopy(trained))
+        server.class_counts = counts.copy()
+        variant = scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, methods=(name,)))
+        service = ForgetService(variant, splits, evaluator, out / name)
+        service.serve(server, engine, [request.with_id()], rounds)
+        return service.results[0]
+
+    # ---------------- retrain once (the reference for every method, and setting (b)'s) ----------------
+    certificates = {"retrain": serve("retrain")}
+    started = time.perf_counter()
+    retrained = labelled_draw(server, evaluator, samples, f"{CERTIFICATE_DRAW}-downstream")  # retrain's G
+    retrain_seconds = certificates["retrain"]["seconds"] + time.perf_counter() - started
+    for name in methods:
+        certificates[name] = serve(name)
+        print(json.dumps({"method": name, **generator_row(name, certificates[name])}), flush=True)
+    rows = [generator_row("before", certificates["retrain"], "before"),
+            *(generator_row(name, certificates[name]) for name in methods),
+            generator_row("retrain", certificates["retrain"])]
+
+    # ---------------- setting (b): the downstream classifier ----------------
+    down = downstream_setting(scenario, splits, request, before, heldout, retrained, retrain_seconds, options)
+    if "rows" in down:
+        down["rows"] = with_checks(down["rows"], classifier_checks)
+    return {"train_seconds": train_seconds, "classifier_downstream": down,
+            "generator": {"rows": with_checks(rows, generator_checks), "certificates": certificates}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--methods", default=None, help="comma-separated GAN methods (default: [unlearning] methods)")
+    parser.add_argument("--skip-federation", action="store_true", help="classifier setting (a) only")
+    parser.add_argument("--request", type=int, default=0, help="which [[forget]] entry to serve (0: the first)")
+    args = parser.parse_args()
+    scenario = load_scenario(args.scenario)
+    out = Path(args.out or f"runs/fnn-compare-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    request = scenario.forget[args.request]
+    if request.forget_class is None:
+        raise SystemExit(f"fnn_compare serves a class request; [[forget]] entry {args.request} names items")
+    request = dataclasses.replace(request, round=request.round or scenario.training.rounds)
+    options = ClassifierUnlearningOptions()
+    report: dict[str, Any] = {"scenario": scenario.to_dict(), "request": request.to_dict(), "rounds": request.round}
+
+    # ---------------- setting (a): needs the data only ----------------
+    site = site_setting(scenario, load_federation_data(scenario), request, options)
+    if "rows" in site:
+        site["rows"] = with_checks(site["rows"], classifier_checks)
+    report["classifier_site"] = site
+    print(json.dumps({"classifier_site": {k: v for k, v in site.items() if k != "rows"}}), flush=True)
+
+    # ---------------- the generator and setting (b): one trained federation, one retrain ----------------
+    if not args.skip_federation:
+        methods = [m for m in (args.methods.split(",") if args.methods else scenario.unlearning.methods)
+                   if m != "retrain"]
+        report.update(federation_settings(scenario, request, methods, out, options))
+
+    (out / "fnn-compare.json").write_text(json.dumps(report, indent=1, default=str))  # first: the numbers
+    text = markdown(report)
+    (out / "fnn-compare.md").write_text(text)
+    plot(report, out / "fnn-compare.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
