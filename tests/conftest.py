@@ -116,3 +116,13 @@ def kill_processes_with_env(marker: str) -> list[int]:
         except ProcessLookupError:
             pass
     return killed
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, the old count restored after: tiny models train far faster on one thread
+    than on two contended ones, and a federation then computes with the proof workers' count (proof-threads 1)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

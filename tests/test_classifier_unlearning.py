@@ -44,13 +44,7 @@ def gaussian_blobs(per_class: int, seed: int, spread: float = 2.0) -> tuple[torc
     return centres[labels] + spread * noise, labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train far faster on one thread than on two contended ones; the old count is restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

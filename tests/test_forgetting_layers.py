@@ -27,13 +27,7 @@ from fedgan.models import ModelSpec, build_discriminator
 ACTIVITY = torch.tensor([0.1, 0.9, 0.3, 0.8, 0.0, 0.5, 0.2, 0.4])  # neurons 1 and 3 are the most active
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train far faster on one thread than on two contended ones; the old count is restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def ranked_layer(name: str, **options: float) -> ForgettingLayer:

@@ -29,13 +29,7 @@ from fedgan.models import ModelSpec, build_discriminator
 IMAGE_SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~20x faster on one thread than on two contended ones; the old count is restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class TinyDiscriminator(nn.Module):

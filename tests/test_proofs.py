@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
 
 from fedgan.engine import InProcessEngine, load_federation_data, site_positions
@@ -42,14 +41,6 @@ def without_timings(entries):
 
 def overlap(a, b) -> bool:
     return a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
-
-
-@pytest.fixture
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # the federation's thread count equals the workers' (proof-threads = 1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def test_two_ray_workers_give_the_certificates_of_serving_in_line_and_overlap_in_time(tmp_path, one_thread):
