@@ -75,9 +75,11 @@ class ImageDataset:
         return replace(self, images=self.images[positions], labels=self.labels[positions],
                        ids=self.ids[positions], sources=sources)
 
-    def float_images(self) -> torch.Tensor:
-        """Images as float32 in [-1, 1], the range of the generator's tanh output."""
-        return self.images.to(torch.float32) / 127.5 - 1.0
+    def float_images(self, index: Any = None) -> torch.Tensor:
+        """Images as float32 in [-1, 1], the range of the generator's tanh output; with `index` (positions, as
+        torch indexing takes them) only those, converted after selection rather than the whole set first."""
+        images = self.images if index is None else self.images[torch.as_tensor(index)]
+        return images.to(torch.float32) / 127.5 - 1.0
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -155,7 +155,7 @@ class ForgettingProbe:
         train, test = self.splits.train, self.splits.test
         forget, member, nonmember = sets
         positions = self._positions(np.concatenate([forget, member]))
-        images = torch.cat([train.float_images()[positions], test.float_images()[nonmember]])
+        images = torch.cat([train.float_images(positions), test.float_images(nonmember)])
         labels = torch.cat([train.labels[positions], test.labels[nonmember]])
         return images, labels
 
@@ -178,7 +178,7 @@ class ForgettingProbe:
         spec, shape, num_classes = self.scenario.model, train.image_shape, train.num_classes
         references = train_references(
             lambda k: build_discriminator(spec, shape, num_classes, derive_seed(self.scenario.seed, "lira", k)),
-            train.float_images()[positions], train.labels[positions] if conditional else None,
+            train.float_images(positions), train.labels[positions] if conditional else None,
             targets, target_labels, fake, fake_labels if conditional else None,
             count=c.lira_references, steps=c.lira_steps, batch_size=training.batch_size,
             lr=training.lr_discriminator, betas=(training.beta1, training.beta2), seed=self.scenario.seed)
