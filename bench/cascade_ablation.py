@@ -13,23 +13,18 @@ Variants are `key=value,...` strings over [unlearning] keys (snake_case), e.g. "
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedgan.engine import InProcessEngine, SitesSnapshot  # noqa: E402
-from fedgan.federation import GeneratorServer  # noqa: E402
+from bench.trained_federation import TrainedFederation  # noqa: E402
 from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import load_scenario  # noqa: E402
-from fedgan.unlearning.orchestrator import ForgetService  # noqa: E402
+from fedgan.storage import atomic_write_text  # noqa: E402
 
 DEFAULT_VARIANTS = [
     "stages=5,stage_d_steps=20,stage_g_rounds=3",
@@ -83,37 +78,13 @@ def main() -> None:
     splits, evaluator = prepare(scenario)
 
     # ---------------- train once up to the request ----------------
-    engine = InProcessEngine(scenario, "cpu")
-    sites = engine.open()
-    server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, engine.device)
-    cache = out / "trained.pt"
-    if args.reuse and cache.exists():  # the federation trained by an earlier call with the same --out
-        saved = torch.load(cache, weights_only=False)
-        engine.load_snapshot(SitesSnapshot(sites=saved["sites"]))
-        server.load_state_dict(saved["server"])
-        server.class_counts, train_seconds = saved["counts"], saved["train_seconds"]
-    else:
-        started = time.perf_counter()
-        for _ in range(rounds):
-            server.step(engine)
-        train_seconds = time.perf_counter() - started
-    engine.snapshot("trained")
-    trained = copy.deepcopy(server.state_dict())
-    counts = server.class_counts.copy()
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"sites": engine.export_snapshot("trained").sites, "server": trained, "counts": counts,
-                "train_seconds": train_seconds}, cache)
-    print(json.dumps({"scenario": scenario.name, "rounds": rounds, "train_seconds": train_seconds}), flush=True)
+    federation = TrainedFederation(scenario, splits, evaluator, rounds, cache=out / "trained.pt", reuse=args.reuse)
+    print(json.dumps({"scenario": scenario.name, "rounds": rounds, "train_seconds": federation.train_seconds}),
+          flush=True)
 
     def serve(name: str, unlearning) -> dict:
-        engine.restore("trained")
-        server.load_state_dict(copy.deepcopy(trained))
-        server.class_counts = counts.copy()
-        variant = scenario.replace(unlearning=unlearning)
-        shutil.rmtree(out / name, ignore_errors=True)  # a variant run again starts with an empty ledger
-        service = ForgetService(variant, splits, evaluator, out / name)
-        service.serve(server, engine, [r.with_id() for r in batch], rounds)
-        return service.results[position]
+        return federation.serve(unlearning, batch, out / name)[position]
 
     # ---------------- retrain once (the reference for every variant) ----------------
     reference_file = out / "retrain.json"
@@ -121,7 +92,7 @@ def main() -> None:
         reference = json.loads(reference_file.read_text())
     else:
         reference = serve("retrain", dataclasses.replace(scenario.unlearning, methods=("retrain",)))
-        reference_file.write_text(json.dumps(reference))
+        atomic_write_text(reference_file, json.dumps(reference))
     retrain_seconds, key = reference["seconds"], ("forget_class_rate" if request.kind == "class"
                                                   else "mia_auc_forget_vs_nonmember")
     print(json.dumps({"retrain_seconds": retrain_seconds, key: reference[key]["after"],

@@ -23,7 +23,6 @@ into the out folder, and prints the markdown.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import io
 import json
@@ -37,6 +36,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.trained_federation import TrainedFederation  # noqa: E402
 from fedgan.classifier_unlearning import (  # noqa: E402
     ClassifierUnlearningOptions,
     build_mlp_classifier,
@@ -48,16 +48,15 @@ from fedgan.classifier_unlearning import (  # noqa: E402
     train_classifier,
 )
 from fedgan.datasets import DatasetSplits  # noqa: E402
-from fedgan.engine import InProcessEngine, load_federation_data, site_positions  # noqa: E402
+from fedgan.engine import load_federation_data, site_positions  # noqa: E402
 from fedgan.evaluation.classifier import Evaluator  # noqa: E402
 from fedgan.evaluation.forgetting import pseudo_label  # noqa: E402
 from fedgan.federation import GeneratorServer  # noqa: E402
 from fedgan.forget import ForgetRequest  # noqa: E402
 from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import Scenario, load_scenario  # noqa: E402
-from fedgan.storage import atomic_write_bytes  # noqa: E402
+from fedgan.storage import atomic_write_bytes, atomic_write_text  # noqa: E402
 from fedgan.unlearning.measurement import CERTIFICATE_DRAW  # noqa: E402
-from fedgan.unlearning.orchestrator import ForgetService  # noqa: E402
 
 LabelledImages = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
 CLASSIFIER_METHODS = ("original", "fnn-fixed-all", "fnn-fixed-ranked", "fnn-varying-all", "fnn-varying-ranked",
@@ -341,29 +340,16 @@ def federation_settings(scenario: Scenario, request: ForgetRequest, methods: lis
     rounds, samples = request.round, scenario.unlearning.downstream_samples
 
     # ---------------- train once up to the request ----------------
-    engine = InProcessEngine(scenario, "cpu")
-    sites = engine.open()
-    server = GeneratorServer(scenario, sites, splits.train.image_shape, splits.train.num_classes, engine.device)
-    started = time.perf_counter()
-    for _ in range(rounds):
-        server.step(engine)
-    train_seconds = time.perf_counter() - started
-    engine.snapshot("trained")
-    trained = copy.deepcopy(server.state_dict())
-    counts = server.class_counts.copy()
+    federation = TrainedFederation(scenario, splits, evaluator, rounds)
+    server, train_seconds = federation.server, federation.train_seconds
     # setting (b)'s training set is the proof's downstream draw of this G; its non-members another draw of it
     before = labelled_draw(server, evaluator, samples, f"{CERTIFICATE_DRAW}-downstream")
     heldout = labelled_draw(server, evaluator, samples, HELDOUT_DRAW)
     print(json.dumps({"scenario": scenario.name, "rounds": rounds, "train_seconds": train_seconds}), flush=True)
 
     def serve(name: str) -> dict[str, Any]:
-        engine.restore("trained")
-        server.load_state_dict(copy.deepcopy(trained))
-        server.class_counts = counts.copy()
-        variant = scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, methods=(name,)))
-        service = ForgetService(variant, splits, evaluator, out / name)
-        service.serve(server, engine, [request.with_id()], rounds)
-        return service.results[0]
+        config = dataclasses.replace(scenario.unlearning, methods=(name,))
+        return federation.serve(config, [request], out / name)[0]
 
     # ---------------- retrain once (the reference for every method, and setting (b)'s) ----------------
     certificates = {"retrain": serve("retrain")}
@@ -416,9 +402,9 @@ def main() -> None:
                    if m != "retrain"]
         report.update(federation_settings(scenario, request, methods, out, options))
 
-    (out / "fnn-compare.json").write_text(json.dumps(report, indent=1, default=str))  # first: the numbers
+    atomic_write_text(out / "fnn-compare.json", json.dumps(report, indent=1, default=str))  # first: the numbers
     text = markdown(report)
-    (out / "fnn-compare.md").write_text(text)
+    atomic_write_text(out / "fnn-compare.md", text)
     plot(report, out / "fnn-compare.png")
     print(text)
 

@@ -66,16 +66,23 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def apply_variant(scenario: Scenario, name: str, overrides: dict[str, Any], seed: int, rounds: int) -> Scenario:
-    """The scenario with a variant's [training]/[model] overrides, its seed and round budget."""
+    """The scenario with a variant's [training]/[model] overrides, its seed and round budget (a variant's own
+    `rounds` wins over the budget). Two more keys: `scheme` (the partition scheme, without options: "iid") and
+    `sites` (the site count) — so that, say, ten discriminators on IID shards can be compared with one."""
     model = {k: v for k, v in overrides.items() if k in MODEL_KEYS}
     training = {k: v for k, v in overrides.items() if k in TRAINING_KEYS}
-    unknown = set(overrides) - set(model) - set(training)
+    unknown = set(overrides) - set(model) - set(training) - {"scheme", "sites"}
     if unknown:
-        raise SystemExit(f"variant {name}: unknown keys {sorted(unknown)} (use [training] or [model] keys)")
+        raise SystemExit(f"variant {name}: unknown keys {sorted(unknown)} (use [training] or [model] keys, "
+                         "scheme or sites)")
+    partition = scenario.partition
+    if "scheme" in overrides:
+        partition = dataclasses.replace(partition, scheme=str(overrides["scheme"]), options={})
+    sites = dataclasses.replace(scenario.sites, count=int(overrides.get("sites", scenario.sites.count)))
     return scenario.replace(
-        name=f"{scenario.name}-{name}", seed=seed,
+        name=f"{scenario.name}-{name}", seed=seed, sites=sites, partition=partition,
         model=dataclasses.replace(scenario.model, **model),
-        training=dataclasses.replace(scenario.training, rounds=rounds, **training),
+        training=dataclasses.replace(scenario.training, **{"rounds": rounds, **training}),
         compare=dataclasses.replace(scenario.compare, aggregators=(), seeds=()),
     )
 

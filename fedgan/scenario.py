@@ -138,7 +138,7 @@ class UnlearningConfig:
     weight: float = 1.0
     fake_label: Any = 0.0
     relearn_rounds: int = 10
-    repair_rounds: int = 0  # cascaded: G rounds at G's own learning rate after the stages
+    repair_rounds: int = 0  # cascaded, fnn: G rounds at G's own learning rate after the stages
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
     drop_class_weight: bool = False

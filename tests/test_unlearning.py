@@ -461,12 +461,13 @@ def test_an_item_request_is_also_certified_by_the_per_example_attack_on_the_same
     assert entry["lira_tpr_at_0.1pct_fpr_forget"]["before"] is None
 
 
-def test_the_cascade_repairs_with_generator_rounds_at_the_training_learning_rate(tmp_path, monkeypatch):
-    # Prepare: the cascade's 2 stages × 1 G round at 4× G's rate, then 3 repair rounds at G's own rate.
-    base = forget_scenario(["cascaded"], [])
+@pytest.mark.parametrize("method", ["cascaded", "fnn"])
+def test_the_method_repairs_with_generator_rounds_at_the_training_learning_rate(tmp_path, monkeypatch, method):
+    # Prepare: the method's 2 stages × 1 G round at 4× G's rate, then 3 repair rounds at G's own rate.
+    base = forget_scenario([method], [])
     klass = held_class(base, 0)
     scenario = tiny_scenario(training={"rounds": 4}, evaluation={"every": 0},
-                             unlearning={**FAST_UNLEARNING, "methods": ["cascaded"], "repair-rounds": 3,
+                             unlearning={**FAST_UNLEARNING, "methods": [method], "repair-rounds": 3,
                                          "generator-lr-scale": 4.0},
                              forget=[{"site": 0, "class": klass, "round": 2}])
     seen_rates = []

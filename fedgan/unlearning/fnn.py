@@ -7,7 +7,8 @@ most active on the forget set). Federated like the other methods: only the reque
 locally (the site stage ``fnn`` of `fedgan.site_unlearning`: decay, rehearse on retained data, fold the factors
 into D's weights), the generator follows through normal UA rounds, and the same certificate compares it with
 retrain. Per stage: substitution as in the cascade, one fnn stage of `stage-d-steps` iterations at every
-requesting site, then `stage-g-rounds` generator rounds; the items are deleted at the end.
+requesting site, then `stage-g-rounds` generator rounds; then `repair-rounds` G rounds at G's own rate (as in the
+cascade); the items are deleted at the end.
 
 `fnn` uses `[unlearning] fnn-layer`; `fnn-fixed-all`, `fnn-fixed-ranked`, `fnn-varying-all` and
 `fnn-varying-ranked` fix the type, so one scenario can compare them (`scenarios/fnn-compare.toml`).
@@ -21,7 +22,7 @@ from fedgan.unlearning.base import UnlearningJob, UnlearningMethod, register_met
 
 
 class ForgettingNetworks(UnlearningMethod):
-    """Substitution, then S × (fnn stage at the requesting sites → G rounds), then delete (reconstruction)."""
+    """Substitution, S × (fnn stage at the requesting sites → G rounds), repair rounds, delete (reconstruction)."""
 
     name = "fnn"
     layer: str | None = None  # None: `[unlearning] fnn-layer`
@@ -36,9 +37,10 @@ class ForgettingNetworks(UnlearningMethod):
         for stage in range(1, c.stages + 1):
             job.site_stage(options, stage)
             job.generator_rounds(c.stage_g_rounds)
+        job.generator_rounds(c.repair_rounds, lr_scale=1.0)  # as the cascade's repair: G settles at its own rate
         job.commit()
         return {"fnn_layer": layer, "fnn_tau": c.fnn_tau, "fnn_tau_min": c.fnn_tau_min, "fnn_tau_max": c.fnn_tau_max,
-                "fnn_fraction": c.fnn_fraction, "stages": c.stages}
+                "fnn_fraction": c.fnn_fraction, "stages": c.stages, "repair_rounds": c.repair_rounds}
 
 
 register_method(ForgettingNetworks)
