@@ -18,7 +18,8 @@ into the out folder, and prints the markdown.
 
     FEDGAN_CACHE=/tmp/fcache .venv/bin/python bench/fnn_compare.py scenarios/fnn-compare.toml [--out runs/fnn-compare]
 
-`--skip-federation` runs setting (a) alone (no GAN, no evaluator); `--methods a,b` replaces the GAN methods.
+`--skip-federation` runs setting (a) alone (no GAN, no evaluator); `--methods a,b` replaces the GAN methods;
+`--classifier-option key=value` (repeatable) sets a `ClassifierUnlearningOptions` field for both classifier settings.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cascade_ablation import parse_variant as parse_overrides  # noqa: E402
 from bench.trained_federation import TrainedFederation  # noqa: E402
 from fedgan.classifier_unlearning import (  # noqa: E402
     ClassifierUnlearningOptions,
@@ -378,6 +380,9 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help="comma-separated GAN methods (default: [unlearning] methods)")
     parser.add_argument("--skip-federation", action="store_true", help="classifier setting (a) only")
     parser.add_argument("--request", type=int, default=0, help="which [[forget]] entry to serve (0: the first)")
+    parser.add_argument("--classifier-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a ClassifierUnlearningOptions field for both classifier settings (repeatable), "
+                             "e.g. epochs=10 or fnn_iterations=5")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
     out = Path(args.out or f"runs/fnn-compare-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -386,8 +391,9 @@ def main() -> None:
     if request.forget_class is None:
         raise SystemExit(f"fnn_compare serves a class request; [[forget]] entry {args.request} names items")
     request = dataclasses.replace(request, round=request.round or scenario.training.rounds)
-    options = ClassifierUnlearningOptions()
-    report: dict[str, Any] = {"scenario": scenario.to_dict(), "request": request.to_dict(), "rounds": request.round}
+    options = dataclasses.replace(ClassifierUnlearningOptions(), **parse_overrides(",".join(args.classifier_option)))
+    report: dict[str, Any] = {"scenario": scenario.to_dict(), "request": request.to_dict(), "rounds": request.round,
+                              "classifier_options": dataclasses.asdict(options)}
 
     # ---------------- setting (a): needs the data only ----------------
     site = site_setting(scenario, load_federation_data(scenario), request, options)

@@ -439,11 +439,14 @@ def test_a_certificate_counts_the_site_discriminator_steps_beside_the_generator_
     assert entry["retained_share_l1_to_retrain"]["after"] >= 0.0
 
 
-def test_an_item_request_is_also_certified_by_the_per_example_attack_on_the_same_targets(tmp_path):
+@pytest.mark.parametrize("classes_per_site", [4, 1])
+def test_an_item_request_is_also_certified_by_the_per_example_attack_on_the_same_targets(tmp_path, classes_per_site):
     # Prepare: site 1 forgets 10 items; 4 reference discriminators of 10 steps calibrate the per-example attack.
-    base = forget_scenario(["cascaded", "retrain"], [])
-    items = site_items(base, 1, 10)
+    # With one class per site, R takes every item the site keeps: the references train on their IN targets alone.
+    partition = {"scheme": "classes_per_site", "k": classes_per_site}
+    items = site_items(tiny_scenario(partition=partition), 1, 10)
     scenario = tiny_scenario(training={"rounds": 4}, evaluation={"every": 0},
+                             partition=partition,
                              unlearning={**FAST_UNLEARNING, "methods": ["cascaded", "retrain"],
                                          "lira-references": 4, "lira-steps": 10},
                              forget=[{"site": 1, "items": items, "round": 2}])

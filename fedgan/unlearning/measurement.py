@@ -163,14 +163,14 @@ class ForgettingProbe:
               targets: torch.Tensor, target_labels: torch.Tensor | None, observed: np.ndarray,
               groups: dict[str, np.ndarray]) -> dict[str, Any]:
         """The per-example attack (`fedgan.evaluation.lira`): references of the site's architecture, each trained
-        against G as it stands, on the site's other items plus half of the targets; seeded, so before, every
+        against G as it stands, on the site's other items (if any) plus half of the targets; seeded, so before, every
         method and retrain are attacked with the same masks and the same initial references."""
         c, training, train = self.config, self.scenario.training, self.splits.train
         forget, member, _ = sets
         held = train.ids.numpy()[site_positions(self.scenario)[site]]
+        # The site's items outside F and R; empty when R takes every retained item (a small shard whose F covers
+        # every class it holds): each reference then trains on its IN half of the targets alone.
         population = held[~np.isin(held, np.concatenate([forget, member]))]
-        if len(population) == 0:
-            return {"lira_skipped": "the site holds no item outside the attack's targets to train references on"}
         positions = self._positions(population)
         fake_labels = server.sample_labels(LIRA_FAKE_SAMPLES, torch_generator(self.scenario.seed, "lira"))
         fake = server.sample(LIRA_FAKE_SAMPLES, f"{CERTIFICATE_DRAW}-lira", fake_labels)
