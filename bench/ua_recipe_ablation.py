@@ -131,7 +131,9 @@ def run_variant(scenario: Scenario, every: int, samples: int, seconds: float, th
 
 def table(results: list[dict[str, Any]]) -> str:
     """One Markdown row per variant and seed: the error at each measured round, the last FID, rounds per second."""
-    key = "mixture_mae" if "mixture_mae" in results[0]["trend"][-1] else "site_share_max_error"
+    measured = results[0]["trend"][-1]
+    # the mixture's error where the scenario has a mixture truth; FID_LeNet alone otherwise (one site)
+    key = next((k for k in ("mixture_mae", "site_share_max_error") if k in measured), "fid_lenet")
     rounds = sorted({point["round"] for r in results for point in r["trend"]})
     shown = [x for x in rounds if all(x in {p["round"] for p in r["trend"]} for r in results)][-6:]
     lines = [f"{key} by round (lower is better); last column FID_LeNet at the last round measured", "",
