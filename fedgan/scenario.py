@@ -142,7 +142,7 @@ class UnlearningConfig:
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
     drop_class_weight: bool = False
-    fnn_layer: str = "varying-ranked"  # `fnn`'s forgetting layer type (fedgan.forgetting_layers)
+    fnn_layer: str = "fixed-all"  # `fnn`'s layer type (fedgan.forgetting_layers); best on fnn-compare (bench/README.md)
     fnn_tau: float = 20.0  # fixed types: retention time τ in unlearning iterations
     fnn_tau_min: float = 5.0  # varying types: τ of the most active neuron ...
     fnn_tau_max: float = 50.0  # ... and of the least active

@@ -46,7 +46,7 @@ class UnlearnStageOptions:
     fake_label: float | str = 0.0
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
-    fnn_layer: str = "varying-ranked"
+    fnn_layer: str = "fixed-all"
     fnn_tau: float = 20.0
     fnn_tau_min: float = 5.0
     fnn_tau_max: float = 50.0
