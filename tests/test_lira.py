@@ -236,6 +236,21 @@ def test_lira_detects_memorised_targets_and_not_unseen_ones():
     assert abs(roc_auc(never_saw_forget[:128], never_saw_forget[128:]) - 0.5) < 0.15
 
 
+def test_references_without_a_population_train_on_their_in_targets_and_still_detect_members():
+    # Prepare: no item outside the targets (a small shard whose attack sets take every item it keeps).
+    generator = torch.Generator().manual_seed(0)
+    forget, nonmember, fake = (gaussian_images(size, generator) for size in (128, 128, 256))
+    targets = torch.cat([forget, nonmember])
+
+    # Execute
+    references = tiny_references(torch.zeros(0, *IMAGE_SHAPE), targets, fake)
+    scores = lira_scores(attacked_logits(forget, fake, targets), references)
+
+    # Assert: every reference scored every target, and the attack still tells the memorised targets apart.
+    assert references.logits.shape == (8, len(targets))
+    assert roc_auc(scores[:128], scores[128:]) > 0.8
+
+
 def test_lira_calibrates_away_non_members_that_any_discriminator_scores_high():
     # Prepare: non-members sit where half the population is (shifted pixels), so every D scores them high;
     # the forgotten items are ordinary draws that only the attacked D memorised.

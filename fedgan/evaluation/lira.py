@@ -136,14 +136,16 @@ def discriminator_logits(
 
 
 def _check_images(
-    images: torch.Tensor, labels: torch.Tensor | None, names: tuple[str, str], like: torch.Tensor
+    images: torch.Tensor, labels: torch.Tensor | None, names: tuple[str, str], like: torch.Tensor,
+    allow_empty: bool = False,
 ) -> None:
-    """ValueError unless `images` is a non-empty batch shaped like `like` and `labels` (if any) is (len(images),).
+    """ValueError unless `images` is a batch (non-empty unless `allow_empty`) shaped like `like` and `labels` (if
+    any) is (len(images),).
 
     `names` are the argument names of the images and their labels, for the message.
     """
     images_name, labels_name = names
-    if len(images) == 0:
+    if len(images) == 0 and not allow_empty:
         raise ValueError(f"{images_name}: got no images, expected at least one")
     if images.shape[1:] != like.shape[1:]:
         raise ValueError(f"{images_name}: got images of shape {tuple(images.shape[1:])}, "
@@ -172,7 +174,7 @@ def _check_reference_inputs(
     if len(targets) < 2:
         raise ValueError(f"targets: got {len(targets)} images, expected at least two (logits are standardised)")
     _check_images(targets, target_labels, ("targets", "target_labels"), targets)
-    _check_images(population, population_labels, ("population", "population_labels"), targets)
+    _check_images(population, population_labels, ("population", "population_labels"), targets, allow_empty=True)
     _check_images(fake, fake_labels, ("fake", "fake_labels"), targets)
     if (population_labels is None) != (target_labels is None) or (target_labels is None) != (fake_labels is None):
         raise ValueError("population_labels, target_labels, fake_labels: expected all three (conditional D) "
@@ -197,6 +199,7 @@ def train_references(
     device: str | torch.device = "cpu",
 ) -> ReferenceLogits:
     """Train `count` reference discriminators, each on `population` plus the targets IN for it (module step 2).
+    `population` may be empty: each reference then trains on its IN half of the targets alone.
 
     `make_discriminator(k)` builds reference k fresh (the caller seeds it, e.g. `build_discriminator(..., seed=k)`).
     Labels are all None for an unconditional D. `seed` fixes the IN/OUT mask and every batch draw.

@@ -41,6 +41,12 @@ def share_stderr(histogram: list[float], count: int) -> float:
     return float(np.sqrt(shares * (1.0 - shares) / max(count, 1)).max())
 
 
+def forgotten_at(resolution: Resolution, forgotten_before: SiteIds, site: int) -> np.ndarray:
+    """Every id `site` has forgotten or is forgetting now: this request's items and every earlier request's."""
+    return np.concatenate([np.asarray(resolution.forget_ids[site], dtype=np.int64),
+                           np.asarray(forgotten_before.get(site, []), dtype=np.int64)])
+
+
 class ForgettingProbe:
     """Every metric of a certificate, for the federation as it stands."""
 
@@ -126,8 +132,7 @@ class ForgettingProbe:
         forget = rng.permutation(forget)[: self.config.mia_size]
         classes = np.unique(self.labels_of(forget))
         held = train.ids.numpy()[site_positions(self.scenario)[site]]
-        gone = np.concatenate([np.asarray(resolution.forget_ids[site], dtype=np.int64),
-                               np.asarray(forgotten_before.get(site, []), dtype=np.int64)])
+        gone = forgotten_at(resolution, forgotten_before, site)
         member_pool = held[~np.isin(held, gone)]
         member_pool = member_pool[np.isin(self.labels_of(member_pool), classes)]
         member = rng.permutation(member_pool)[: self.config.mia_nonmembers]
@@ -147,7 +152,8 @@ class ForgettingProbe:
         groups = {name: np.arange(bounds[k], bounds[k + 1]) for k, name in enumerate(("forget", "member", "nonmember"))}
         metrics = membership_inference(*(logits[groups[name]] for name in ("forget", "member", "nonmember")))
         if self.config.lira_references:
-            metrics.update(self._lira(server, site, sets, images, conditional_labels, logits, groups))
+            gone = forgotten_at(resolution, forgotten_before, site)
+            metrics.update(self._lira(server, site, sets, gone, images, conditional_labels, logits, groups))
         return metrics
 
     def _attack_images(self, sets: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +166,7 @@ class ForgettingProbe:
         return images, labels
 
     def _lira(self, server: GeneratorServer, site: int, sets: tuple[np.ndarray, np.ndarray, np.ndarray],
-              targets: torch.Tensor, target_labels: torch.Tensor | None, observed: np.ndarray,
+              gone: np.ndarray, targets: torch.Tensor, target_labels: torch.Tensor | None, observed: np.ndarray,
               groups: dict[str, np.ndarray]) -> dict[str, Any]:
         """The per-example attack (`fedgan.evaluation.lira`): references of the site's architecture, each trained
         against G as it stands, on the site's other items (if any) plus half of the targets; seeded, so before, every
@@ -168,9 +174,10 @@ class ForgettingProbe:
         c, training, train = self.config, self.scenario.training, self.splits.train
         forget, member, _ = sets
         held = train.ids.numpy()[site_positions(self.scenario)[site]]
-        # The site's items outside F and R; empty when R takes every retained item (a small shard whose F covers
-        # every class it holds): each reference then trains on its IN half of the targets alone.
-        population = held[~np.isin(held, np.concatenate([forget, member]))]
+        # The site's items outside F, R and everything forgotten (by this request or earlier); empty when R takes
+        # every retained item (a small shard whose F covers every class it holds): each reference then trains on
+        # its IN half of the targets alone.
+        population = held[~np.isin(held, np.concatenate([gone, forget, member]))]
         positions = self._positions(population)
         fake_labels = server.sample_labels(LIRA_FAKE_SAMPLES, torch_generator(self.scenario.seed, "lira"))
         fake = server.sample(LIRA_FAKE_SAMPLES, f"{CERTIFICATE_DRAW}-lira", fake_labels)
