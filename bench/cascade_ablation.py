@@ -2,9 +2,9 @@
 
 Trains the scenario's federation once (in process) up to its first forget request's round, keeps that state, runs
 `retrain` once, then serves the same request with each variant of [unlearning] from the same state, and prints
-one row per variant: forget-class rate (class requests) or AUC(F vs N) (item requests), FID_LeNet on retained
-classes, downstream accuracy, the L1 distance of the retained classes' shares to retrain's, generator rounds,
-seconds, and the speed-ups over retrain.
+one row per variant: forget-class rate (class requests) or AUC(F vs N) with the TPR at 1 % FPR and the per-example
+attack's numbers (item requests), FID_LeNet on retained classes, downstream accuracy, the L1 distance of the
+retained classes' shares to retrain's, generator rounds, seconds, and the speed-ups over retrain.
 
     .venv/bin/python bench/cascade_ablation.py scenarios/class-forget.toml [--out runs/ablation-class-forget]
 
@@ -117,7 +117,9 @@ def main() -> None:
                     for side in ("before", "after")},
                 **{extra: {"before": entry[extra]["before"], "after": entry[extra]["after"],
                            "retrain": reference[extra]["after"]}
-                   for extra in ("forget_class_rate_unasked", "forget_class_rate_asked") if extra in entry},
+                   for extra in ("forget_class_rate_unasked", "forget_class_rate_asked", "mia_tpr_at_1pct_fpr_forget",
+                                 "lira_auc_forget_vs_nonmember", "lira_tpr_at_1pct_fpr_forget")
+                   if isinstance(entry.get(extra), dict)},
                 "class_histogram_after": entry["class_histogram"]["after"],
                 "rounds": entry["rounds"], "seconds": entry["seconds"],
                 "speedup_rounds": rounds / max(entry["rounds"], 1),

@@ -129,16 +129,18 @@ class UnlearningConfig:
     each with `proof_threads` torch threads and a `proof_gpus` share of a GPU.
     """
 
-    # Defaults chosen by bench/cascade_ablation.py on class-forget.toml (bench/README.md).
+    # Defaults chosen by bench/cascade_ablation.py on class-forget.toml (stages, steps, rounds), then on every kind of
+    # class request (bench/README.md, issue 17): G at its own rate with 40 repair rounds keeps the retained classes
+    # where ×4 without repair wrecks them once the class is spread over many sites.
     methods: tuple[str, ...] = ("cascaded", "retrain")
     stages: int = 5
     stage_d_steps: int = 10
     stage_g_rounds: int = 2
-    generator_lr_scale: float = 4.0
+    generator_lr_scale: float = 1.0
     weight: float = 1.0
     fake_label: Any = 0.0
     relearn_rounds: int = 10
-    repair_rounds: int = 0  # cascaded, fnn: G rounds at G's own learning rate after the stages
+    repair_rounds: int = 40  # cascaded, fnn: G rounds at G's own learning rate after the stages
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
     drop_class_weight: bool = False
