@@ -19,11 +19,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.trained_federation import TrainedFederation  # noqa: E402
+from fedgan.engine import load_federation_data, site_positions  # noqa: E402
+from fedgan.forget import ForgetRequest  # noqa: E402
 from fedgan.preparation import prepare  # noqa: E402
-from fedgan.scenario import load_scenario  # noqa: E402
+from fedgan.scenario import Scenario, load_scenario  # noqa: E402
+from fedgan.seeding import derive_seed  # noqa: E402
 from fedgan.storage import atomic_write_text  # noqa: E402
 
 DEFAULT_VARIANTS = [
@@ -53,6 +58,16 @@ def retained_l1(shares: list[float], retrain: list[float], forget_class: int | N
     return sum(abs(a - b) for c, (a, b) in enumerate(zip(shares, retrain)) if c != forget_class)
 
 
+def redrawn(scenario: Scenario, request: ForgetRequest) -> ForgetRequest:
+    """An item request with as many items drawn from its site's shard under `scenario`'s seed (class requests
+    unchanged), so that another seed's partition holds them."""
+    if request.kind != "items":
+        return request
+    ids = load_federation_data(scenario).train.ids.numpy()[site_positions(scenario)[request.site]]
+    rng = np.random.default_rng(derive_seed(scenario.seed, "redrawn-items", request.site))
+    return dataclasses.replace(request, items=tuple(int(i) for i in rng.choice(ids, len(request.items), replace=False)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario")
@@ -65,11 +80,16 @@ def main() -> None:
                         help="serve every request of that round together (as the scenario does), report this one")
     parser.add_argument("--reuse", action="store_true",
                         help="take the trained federation and retrain's entry from an earlier call's --out")
+    parser.add_argument("--redraw-items", action="store_true",
+                        help="item requests: as many items, drawn (seeded) from the site's shard under this seed's "
+                             "partition (for --seed: the scenario's item ids belong to its own seed's partition)")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
     if args.seed is not None:
         scenario = scenario.replace(seed=args.seed)
     out = Path(args.out or f"runs/ablation-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.redraw_items:
+        scenario = scenario.replace(forget=tuple(redrawn(scenario, r) for r in scenario.forget))
     request = scenario.forget[args.request]
     rounds = request.round
     # --batch: every request due in that round is served together, as the scenario serves them; rows are this one's
