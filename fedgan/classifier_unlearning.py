@@ -33,7 +33,14 @@ from torch import nn
 
 from fedgan.evaluation.classifier import train_evaluator_net
 from fedgan.evaluation.forgetting import MIA_FPR, roc_auc, tpr_at_fpr
-from fedgan.forgetting_layers import fnn_unlearn, insert_forgetting_layers
+from fedgan.forgetting_layers import (
+    DEFAULT_FRACTION,
+    DEFAULT_TAU,
+    DEFAULT_TAU_MAX,
+    DEFAULT_TAU_MIN,
+    fnn_unlearn,
+    insert_forgetting_layers,
+)
 from fedgan.registry import Registry
 from fedgan.seeding import derive_seed
 
@@ -54,10 +61,10 @@ class ClassifierUnlearningOptions:
     fnn_type: str = "varying-ranked"
     fnn_iterations: int = 20
     fnn_rehearse_steps: int = 5
-    fnn_tau: float = 20.0  # with 20 iterations φ ends at e^-1; τ = 5 on the "all" types silences the net
-    fnn_tau_min: float = 5.0
-    fnn_tau_max: float = 50.0
-    fnn_fraction: float = 0.2
+    fnn_tau: float = DEFAULT_TAU  # with 20 iterations φ ends at e^-1; τ = 5 on the "all" types silences the net
+    fnn_tau_min: float = DEFAULT_TAU_MIN
+    fnn_tau_max: float = DEFAULT_TAU_MAX
+    fnn_fraction: float = DEFAULT_FRACTION
     fnn_lr: float = 1e-3
     fnn_stop_accuracy: float | None = None  # stop once forget-item accuracy is at or below this (e.g. retrain's)
     # ---- noise (UNSIR, the notebook's values): noise per forget class, impair, repair ----

@@ -39,6 +39,7 @@ DEFAULT_TAU = 20.0  # fixed types: e^(-1) of the activation is left after 20 ite
 DEFAULT_TAU_MIN = 5.0  # varying types: the fastest-forgetting neuron
 DEFAULT_TAU_MAX = 50.0  # varying types: the slowest-forgetting neuron
 DEFAULT_FRACTION = 0.2  # ranked types: share of neurons (channels) ranked most active on the forget set
+DEFAULT_DISCRIMINATOR_LAYER = "fixed-all"  # the GAN method `fnn`: best of the four on fnn-compare (bench/README.md)
 DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.LeakyReLU)
 
 

@@ -17,6 +17,13 @@ from typing import Any
 
 from fedgan.errors import ScenarioError
 from fedgan.forget import ForgetRequest
+from fedgan.forgetting_layers import (
+    DEFAULT_DISCRIMINATOR_LAYER,
+    DEFAULT_FRACTION,
+    DEFAULT_TAU,
+    DEFAULT_TAU_MAX,
+    DEFAULT_TAU_MIN,
+)
 from fedgan.models import ModelSpec
 from fedgan.schedule import LR_SCHEDULES
 from fedgan.shard import REAL_SAMPLING
@@ -144,11 +151,11 @@ class UnlearningConfig:
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
     drop_class_weight: bool = False
-    fnn_layer: str = "fixed-all"  # `fnn`'s layer type (fedgan.forgetting_layers); best on fnn-compare (bench/README.md)
-    fnn_tau: float = 20.0  # fixed types: retention time τ in unlearning iterations
-    fnn_tau_min: float = 5.0  # varying types: τ of the most active neuron ...
-    fnn_tau_max: float = 50.0  # ... and of the least active
-    fnn_fraction: float = 0.2  # ranked types: share of neurons ranked most active on the forget set
+    fnn_layer: str = DEFAULT_DISCRIMINATOR_LAYER  # `fnn`'s layer type (fedgan.forgetting_layers)
+    fnn_tau: float = DEFAULT_TAU  # fixed types: retention time τ in unlearning iterations
+    fnn_tau_min: float = DEFAULT_TAU_MIN  # varying types: τ of the most active neuron ...
+    fnn_tau_max: float = DEFAULT_TAU_MAX  # ... and of the least active
+    fnn_fraction: float = DEFAULT_FRACTION  # ranked types: share of neurons ranked most active on the forget set
     mia_size: int = 64  # F: forgotten items attacked
     mia_nonmembers: int = 1000  # N and R: 1,000 non-members resolve a TPR at 0.1 % FPR
     lira_references: int = 8  # reference discriminators of the per-example attack (0: population attack only)

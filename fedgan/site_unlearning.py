@@ -22,7 +22,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedgan.forgetting_layers import fnn_unlearn, fold_forgetting_layers, insert_forgetting_layers
+from fedgan.forgetting_layers import (
+    DEFAULT_DISCRIMINATOR_LAYER,
+    DEFAULT_FRACTION,
+    DEFAULT_TAU,
+    DEFAULT_TAU_MAX,
+    DEFAULT_TAU_MIN,
+    fnn_unlearn,
+    fold_forgetting_layers,
+    insert_forgetting_layers,
+)
 
 if TYPE_CHECKING:
     from fedgan.site import Site
@@ -46,11 +55,11 @@ class UnlearnStageOptions:
     fake_label: float | str = 0.0
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
-    fnn_layer: str = "fixed-all"
-    fnn_tau: float = 20.0
-    fnn_tau_min: float = 5.0
-    fnn_tau_max: float = 50.0
-    fnn_fraction: float = 0.2
+    fnn_layer: str = DEFAULT_DISCRIMINATOR_LAYER
+    fnn_tau: float = DEFAULT_TAU
+    fnn_tau_min: float = DEFAULT_TAU_MIN
+    fnn_tau_max: float = DEFAULT_TAU_MAX
+    fnn_fraction: float = DEFAULT_FRACTION
 
 
 def run_stage(site: Site, fake: torch.Tensor, fake_labels: torch.Tensor | None, forget_ids: np.ndarray,
