@@ -22,6 +22,7 @@ from fedgan.protocol import num_nodes
 from fedgan.results import mixture_markdown, refuse_existing_run
 from fedgan.scenario import Scenario
 from fedgan.storage import atomic_write_json, atomic_write_text
+from server.simulation_latency import RAY_ENV
 
 # Flower calls out to the network unless told not to, and would `uv sync` the project per run (docs/engines.md).
 FLOWER_ENV = {
@@ -29,6 +30,7 @@ FLOWER_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_DEDUP_LOGS": "0",
+    **RAY_ENV,  # Ray calls carry a round's messages inline (server/simulation_latency.py)
 }
 
 

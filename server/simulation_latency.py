@@ -10,20 +10,28 @@
    `run_simulation`) wakes it at once; when nothing is pushed it passes every `DISPATCH_MAX_WAIT` (Flower's 0.1 s).
    Other Flower versions keep their own dispatcher (a warning says so); `flwr run` starts the simulation in
    another process, where only the first wait is shortened.
+3. The Ray call (public Ray configuration, not Flower's): Ray passes a task argument above 100 KB through its
+   shared-memory object store instead of inside the call, which on the 2-core machine costs about 6 ms more per
+   call for the 200 KB image batch of a round at batch 64 (bench/flower_profile.py). `RAY_ENV` raises that limit
+   to `RAY_INLINE_BYTES` through Ray's environment variable, which `ray.init` reads; a value the user has set is
+   kept. Larger messages (site groups' replies) still go through the object store.
 
 This module is the only place fedgan touches Flower internals. tests/test_simulation_latency.py measures the
 behaviour (a pushed message is dispatched well within Flower's period), not the version string.
 """
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from typing import Any
 
-import flwr
-
 SUPPORTED_FLWR = ("1.41.",)  # the versions whose dispatcher this module's copy reproduces
 DISPATCH_MAX_WAIT = 0.1  # seconds between passes when nothing is pushed (Flower's own period)
+
+RAY_INLINE_BYTES = 1 << 20  # Ray's default is 100 KB; one site's round message is about 200 KB each way
+RAY_INLINE_VARIABLE = "RAY_max_direct_call_object_size"
+RAY_ENV = {RAY_INLINE_VARIABLE: os.environ.get(RAY_INLINE_VARIABLE, str(RAY_INLINE_BYTES))}
 
 _pushed = threading.Event()
 _installed = False
@@ -50,6 +58,8 @@ def install_dispatcher() -> bool:
     global _installed
     if _installed:
         return True
+    import flwr  # here, not at import: the in-process engines read RAY_ENV without loading Flower
+
     if not flwr.__version__.startswith(SUPPORTED_FLWR):
         warnings.warn(f"flwr {flwr.__version__}: fedgan's dispatcher supports {', '.join(SUPPORTED_FLWR)}x only; "
                       "keeping Flower's (0.1 s between dispatch passes)", stacklevel=2)

@@ -2,9 +2,14 @@
 next fixed 0.1 s pass (behaviour measured, with a period long enough that only the wake-up can explain it)."""
 from __future__ import annotations
 
+import json
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import flwr
 import pytest
@@ -55,3 +60,25 @@ def test_installing_replaces_the_dispatcher_of_the_simulation_engine():
 
     assert latency.install_dispatcher()
     assert vce_api.add_messages_to_queue is latency.dispatch_messages
+
+
+def _ray_env_in_a_fresh_process(environment: dict[str, str]) -> dict[str, str]:
+    code = "import json; from server.simulation_latency import RAY_ENV; print(json.dumps(RAY_ENV))"
+    env = {key: value for key, value in os.environ.items() if key != latency.RAY_INLINE_VARIABLE}
+    done = subprocess.run([sys.executable, "-c", code], env={**env, **environment}, capture_output=True, text=True,
+                          check=True, cwd=str(Path(__file__).resolve().parents[1]))
+    return json.loads(done.stdout)
+
+
+def test_ray_calls_carry_a_round_message_inline_unless_the_user_set_the_limit():
+    # Default: Ray's limit for arguments passed inside the call is raised above one site's round message.
+    default = _ray_env_in_a_fresh_process({})
+    assert int(default[latency.RAY_INLINE_VARIABLE]) == latency.RAY_INLINE_BYTES > 64 * 28 * 28 * 4
+    # The user's own setting wins.
+    assert _ray_env_in_a_fresh_process({latency.RAY_INLINE_VARIABLE: "5000"}) == {latency.RAY_INLINE_VARIABLE: "5000"}
+
+
+def test_the_simulation_environment_includes_the_ray_limit():
+    from scenarios.runner import FLOWER_ENV
+
+    assert FLOWER_ENV[latency.RAY_INLINE_VARIABLE] == latency.RAY_ENV[latency.RAY_INLINE_VARIABLE]
