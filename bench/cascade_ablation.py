@@ -8,7 +8,9 @@ retained classes' shares to retrain's, generator rounds, seconds, and the speed-
 
     .venv/bin/python bench/cascade_ablation.py scenarios/class-forget.toml [--out runs/ablation-class-forget]
 
-Variants are `key=value,...` strings over [unlearning] keys (snake_case), e.g. "stages=5,generator_lr_scale=2".
+Variants are `key=value,...` strings over [unlearning] keys (snake_case), e.g. "stages=5,generator_lr_scale=2",
+served as written even for a batch holding a partial class request ([unlearning.partial] is not applied over
+them); the empty variant "" is the scenario's own [unlearning], [unlearning.partial] included.
 """
 from __future__ import annotations
 
@@ -122,7 +124,10 @@ def main() -> None:
     retrain_shares = reference["class_histogram"]["after"]
     for method in args.methods.split(","):
         for text in args.variant or DEFAULT_VARIANTS:
-            config = dataclasses.replace(scenario.unlearning, methods=(method,), **parse_variant(text))
+            # A variant is served as written, a partial request's batch included; "" is the scenario's own settings,
+            # its [unlearning.partial] included.
+            overrides = {"partial": {}, **parse_variant(text)} if text else {}
+            config = dataclasses.replace(scenario.unlearning, methods=(method,), **overrides)
             entry = serve(f"{method}-{text}", config)
             print(json.dumps({
                 "method": method, "variant": text,

@@ -31,6 +31,14 @@ from fedgan.site_group import BATCHING
 
 ENGINES = ("flower", "inprocess", "batched")
 SITE_WEIGHTS = ("size", "uniform", "per_class")
+# [unlearning.partial]: the knobs a batch holding a partial class request (a class that other sites keep) is served
+# with, over [unlearning]'s. Chosen by bench/cascade_ablation.py on class-forget-shared.toml (bench/README.md,
+# "A partial class request"): more and larger G steps while the requesting site's D holds the items as fake, the
+# weights dropped first.
+PARTIAL_RECIPE: dict[str, Any] = {"stages": 5, "stage-g-rounds": 4, "generator-lr-scale": 2.0,
+                                  "repair-rounds": 40, "drop-class-weight": True}
+PARTIAL_KEYS = ("stages", "stage-d-steps", "stage-g-rounds", "generator-lr-scale", "weight", "fake-label",
+                "repair-rounds", "drop-class-weight")
 MAX_CPUS_PER_SITE = 4096  # a site's torch thread count: beyond any machine, and far below a C int
 LABEL_SAMPLING = ("uniform", "data")
 R1_TARGETS = ("logit", "probability")
@@ -128,7 +136,10 @@ class UnlearningConfig:
     G's learning rate multiplied by `generator_lr_scale` while a method runs (the server's share of the request).
     `fake_label` is y_fake, a number in [0, 1] or ``"generated"`` (mean D on the stage's synthetic batch).
     `drop_class_weight`: for class requests, the server zeroes the requesting sites' weights for the class
-    (w_s(c) -> 0) before the cascade instead of after it. The first method listed (other than retrain) is the one
+    (w_s(c) -> 0) before the cascade instead of after it. `partial` ([unlearning.partial], TOML keys): what a batch
+    holding a partial class request (a class some other site keeps) is served with instead (`for_batch`);
+    `PARTIAL_RECIPE` unless the scenario gives the table (an empty table: partial requests use [unlearning] as is).
+    The first method listed (other than retrain) is the one
     the federation continues from; `retrain` is the gold standard every other method is compared with.
 
     Proofs (`fedgan.unlearning.proof`): the other methods, retrain and every measurement run on `proof_workers`
@@ -167,6 +178,14 @@ class UnlearningConfig:
     proof_workers: Any = "auto"
     proof_threads: int = 1
     proof_gpus: float = 0.0
+    partial: dict[str, Any] = field(default_factory=lambda: dict(PARTIAL_RECIPE))
+
+    def for_batch(self, partial: bool) -> UnlearningConfig:
+        """The settings a batch is served with: `partial`'s keys over these when the batch holds a partial class
+        request (every method of the batch, so the proof compares like with like)."""
+        if not partial or not self.partial:
+            return self
+        return dataclasses.replace(self, **{_python_key(key): value for key, value in self.partial.items()})
 
 
 @dataclass(frozen=True)
@@ -419,9 +438,37 @@ def validate(s: Scenario) -> None:
 
 def _validate_unlearning(s: Scenario) -> None:
     """The [unlearning] table and the [[forget]] schedule (items are checked against the shards when served)."""
+    _validate_unlearning_config(s.unlearning)
+    _validate_partial(s.unlearning)
+    for i, request in enumerate(s.forget):
+        _require(request.round is not None, f"forget[{i}].round", "missing",
+                 "give the round after which the request is served (round = R)")
+        _require(request.site < s.sites.count, f"forget[{i}].site", f"got {request.site}",
+                 f"name a site in 0..{s.sites.count - 1}")
+        if request.round is not None:
+            _require(request.round <= s.training.rounds, f"forget[{i}].round", f"got {request.round}",
+                     f"use a round in 1..{s.training.rounds} (training.rounds)")
+
+
+def _validate_partial(u: UnlearningConfig) -> None:
+    """[unlearning.partial]: known keys of the right types, and the settings they make valid."""
+    hints = typing.get_type_hints(UnlearningConfig)
+    for key, value in u.partial.items():
+        where = f"unlearning.partial.{key}"
+        _require(key in PARTIAL_KEYS, where, "unknown key",
+                 f"valid keys in [unlearning.partial]: {', '.join(PARTIAL_KEYS)}")
+        _coerce(value, hints[_python_key(key)], where)
+    try:
+        _validate_unlearning_config(u.for_batch(True))
+    except ScenarioError as error:  # name the table the bad value came from
+        field_name = error.field.replace("unlearning.", "unlearning.partial.", 1)
+        raise ScenarioError(field_name, error.problem, error.fix) from None
+
+
+def _validate_unlearning_config(u: UnlearningConfig) -> None:
+    """The values of one set of [unlearning] settings."""
     from fedgan.unlearning import METHODS
 
-    u = s.unlearning
     _require(len(u.methods) >= 1, "unlearning.methods", "got an empty list", 'name at least one, e.g. ["cascaded"]')
     for name in u.methods:
         _one_of(name, METHODS, "unlearning.methods")
@@ -458,14 +505,6 @@ def _validate_unlearning(s: Scenario) -> None:
     numeric = isinstance(label, (int, float)) and not isinstance(label, bool)
     _require((numeric and 0 <= label <= 1) or label == "generated", "unlearning.fake-label", f"got {label!r}",
              'use a number in [0, 1] or "generated"')
-    for i, request in enumerate(s.forget):
-        _require(request.round is not None, f"forget[{i}].round", "missing",
-                 "give the round after which the request is served (round = R)")
-        _require(request.site < s.sites.count, f"forget[{i}].site", f"got {request.site}",
-                 f"name a site in 0..{s.sites.count - 1}")
-        if request.round is not None:
-            _require(request.round <= s.training.rounds, f"forget[{i}].round", f"got {request.round}",
-                     f"use a round in 1..{s.training.rounds} (training.rounds)")
 
 
 def _validate_partition_options(s: Scenario) -> None:

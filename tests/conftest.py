@@ -31,7 +31,9 @@ def tiny_scenario(**overrides) -> Scenario:
         "training": {"rounds": 3, "batch-size": 16},
         "evaluation": {"every": 2, "samples": 64, "final-samples": 100, "evaluator-epochs": 1, "grid-per-class": 2},
         "engine": {"name": "inprocess", "device": "cpu"},
-        "unlearning": {"repair-rounds": 0},  # few G rounds per method in unit tests (a test may set its own)
+        # Few G rounds per method in unit tests, and every batch served with [unlearning] as given (a test may set
+        # its own repair rounds or [unlearning.partial]).
+        "unlearning": {"repair-rounds": 0, "partial": {}},
     }
     for section, values in overrides.items():
         if isinstance(values, dict):

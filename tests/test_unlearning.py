@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from fedgan.engine import InProcessEngine, site_positions
-from fedgan.errors import FedganError
+from fedgan.errors import FedganError, ScenarioError
 from fedgan.experiment import run_experiment
 from fedgan.federation import GeneratorServer
 from fedgan.forget import ForgetLedger, ForgetRequest, drop_request, resolve_request
 from fedgan.preparation import prepare
+from fedgan.scenario import PARTIAL_RECIPE, UnlearningConfig, scenario_from_dict
 from fedgan.unlearning import METHODS, UnlearningJob
 from fedgan.unlearning.intake import RequestIntake
 from fedgan.unlearning.measurement import ForgettingProbe
@@ -490,3 +491,67 @@ def test_the_method_repairs_with_generator_rounds_at_the_training_learning_rate(
     assert entry["rounds"] == 5 and entry["details"]["repair_rounds"] == 3
     assert seen_rates[2:4] == [pytest.approx(4 * base_lr)] * 2
     assert seen_rates[4:7] == [pytest.approx(base_lr)] * 3
+
+
+# ---- partial class requests: [unlearning.partial] ----
+
+
+def test_the_shipped_partial_recipe_applies_only_when_asked_and_round_trips():
+    # Prepare: the shipped recipe, an empty table, and a table of the scenario's own.
+    shipped = tiny_scenario(unlearning={"partial": dict(PARTIAL_RECIPE)})
+    empty = tiny_scenario()  # the tests' scenario gives an empty table
+    own = tiny_scenario(unlearning={"partial": {"stage-g-rounds": 7, "fake-label": "generated"}})
+
+    # Assert: the recipe's keys replace [unlearning]'s for a partial batch only; an empty table changes nothing.
+    served = shipped.unlearning.for_batch(True)
+    assert (served.stages, served.stage_g_rounds, served.generator_lr_scale, served.drop_class_weight) == (
+        PARTIAL_RECIPE["stages"], PARTIAL_RECIPE["stage-g-rounds"], PARTIAL_RECIPE["generator-lr-scale"], True)
+    assert shipped.unlearning.for_batch(False) == shipped.unlearning
+    assert empty.unlearning.for_batch(True) == empty.unlearning
+    mine = own.unlearning.for_batch(True)
+    assert mine.stage_g_rounds == 7 and mine.fake_label == "generated"
+    assert own.unlearning.for_batch(True).stages == own.unlearning.stages  # keys not named stay [unlearning]'s
+    assert scenario_from_dict(json.loads(own.to_json())) == own
+    assert UnlearningConfig().partial == PARTIAL_RECIPE  # no table in the file: the shipped recipe
+
+
+@pytest.mark.parametrize("partial, start", [
+    ({"stages": 0}, "unlearning.partial.stages: got 0"),
+    ({"generator-lr-scale": -1.0}, "unlearning.partial.generator-lr-scale"),
+    ({"mia-size": 3}, "unlearning.partial.mia-size: unknown key"),
+    ({"stages": "five"}, "unlearning.partial.stages: got 'five'"),
+    ({"fake-label": 2}, "unlearning.partial.fake-label"),
+])
+def test_a_bad_partial_table_is_refused_naming_its_key(partial, start):
+    with pytest.raises(ScenarioError) as caught:
+        tiny_scenario(unlearning={"partial": partial})
+    assert str(caught.value).startswith(start), str(caught.value)
+
+
+def test_a_partial_class_request_is_served_with_the_partial_recipe_and_a_sole_holder_request_is_not(tmp_path):
+    # Prepare: two classes per site over 3 sites; one class that another site also holds (partial) and one that
+    # only the requesting site holds (not partial). [unlearning.partial] asks for 3 G rounds per stage.
+    base = forget_scenario(["cascaded"], [])
+    labels, positions = _labels_and_positions(base)
+    held = [set(np.unique(labels[p]).tolist()) for p in positions]
+    shared = next(c for c in held[0] if any(c in other for other in held[1:]))
+    alone = next((c for c in held[0] if not any(c in other for other in held[1:])), None)
+    partial = {"stage-g-rounds": 3}
+
+    def served_rounds(klass: int, out: str) -> int:
+        scenario = tiny_scenario(training={"rounds": 4}, evaluation={"every": 0},
+                                 unlearning={**FAST_UNLEARNING, "methods": ["cascaded"], "partial": partial},
+                                 forget=[{"site": 0, "class": klass, "round": 2}])
+        (entry,) = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path / out)["unlearning"]
+        return entry["rounds"]
+
+    # Execute / Assert: 2 stages × 3 G rounds for the partial request, 2 × 1 ([unlearning]) for the sole holder's.
+    assert served_rounds(shared, "partial") == 2 * 3
+    if alone is not None:
+        assert served_rounds(alone, "alone") == 2 * 1
+
+
+def _labels_and_positions(scenario):
+    from fedgan.engine import load_federation_data
+
+    return load_federation_data(scenario).train.labels.numpy(), site_positions(scenario)

@@ -101,3 +101,9 @@ def union(batch: list[Resolution]) -> SiteIds:
 def forget_classes(batch: list[Resolution]) -> tuple[int, ...]:
     """Every class a batch of requests forgets, sorted."""
     return tuple(sorted({c for resolution in batch for c in resolution.forget_classes}))
+
+
+def holds_partial_class_request(batch: list[Resolution], retained: list[int]) -> bool:
+    """Whether the batch forgets a class at some sites that other sites keep (`retained`: the classes some site
+    still holds once the batch is served): such a batch is served with [unlearning.partial]."""
+    return bool(set(forget_classes(batch)) & set(retained))

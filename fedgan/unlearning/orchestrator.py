@@ -29,7 +29,7 @@ from fedgan.forget import ForgetLedger, ForgetRequest, Resolution, drop_request
 from fedgan.scenario import Scenario
 from fedgan.unlearning.base import METHODS, UnlearningJob
 from fedgan.unlearning.certificate import MethodOutcome, certificate, where_and_when
-from fedgan.unlearning.intake import RequestIntake, forget_classes, union
+from fedgan.unlearning.intake import RequestIntake, forget_classes, holds_partial_class_request, union
 from fedgan.unlearning.measurement import ForgettingProbe
 from fedgan.unlearning.proof import (
     PROOFS_DIR,
@@ -192,7 +192,8 @@ class ForgetService:
                  else task(name, name, saved, sites) for name in others]
         tasks.sort(key=lambda t: t.server is not None)  # retrain, the longest, first
         tasks.append(task("before", None, saved, sites))
-        outcome = run_method(METHODS[chosen](), self._job(server, engine, batch, round_index), None, batch, retained)
+        job = self._job(server, engine, batch, round_index, retained)
+        outcome = run_method(METHODS[chosen](), job, None, batch, retained)
         after_tag = f"after-{number}"
         engine.snapshot(after_tag)
         after = engine.export_snapshot(after_tag)
@@ -212,18 +213,19 @@ class ForgetService:
         before = self.probe.measure(server, engine, batch, "before", retained, self.intake.forgotten_so_far())
         outcomes: dict[str, MethodOutcome] = {}
         for name in others:
-            outcomes[name] = run_method(METHODS[name](), self._job(server, engine, batch, round_index), self.probe,
-                                        batch, retained)
+            job = self._job(server, engine, batch, round_index, retained)
+            outcomes[name] = run_method(METHODS[name](), job, self.probe, batch, retained)
             engine.restore(tag)
             load_server_snapshot(server, saved)
-        outcomes[chosen] = run_method(METHODS[chosen](), self._job(server, engine, batch, round_index), self.probe,
-                                      batch, retained)
+        job = self._job(server, engine, batch, round_index, retained)
+        outcomes[chosen] = run_method(METHODS[chosen](), job, self.probe, batch, retained)
         self._mark_done(batch, outcomes[chosen])
         self._certify(number, batch, before, outcomes)
 
-    def _job(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], round_index: int
-             ) -> UnlearningJob:
-        return UnlearningJob(server, engine, union(batch), forget_classes(batch), self.config, self.probe.labels_of,
+    def _job(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], round_index: int,
+             retained: list[int]) -> UnlearningJob:
+        config = self.config.for_batch(holds_partial_class_request(batch, retained))
+        return UnlearningJob(server, engine, union(batch), forget_classes(batch), config, self.probe.labels_of,
                              forgotten_before=self.intake.forgotten_so_far(), training_rounds=round_index)
 
     def _mark_done(self, batch: list[Resolution], outcome: MethodOutcome) -> None:

@@ -36,7 +36,7 @@ from fedgan.scenario import Scenario, scenario_from_dict
 from fedgan.storage import atomic_torch_save
 from fedgan.unlearning.base import METHODS, UnlearningJob, UnlearningMethod
 from fedgan.unlearning.certificate import MethodOutcome
-from fedgan.unlearning.intake import forget_classes, union
+from fedgan.unlearning.intake import forget_classes, holds_partial_class_request, union
 from fedgan.unlearning.measurement import ForgettingProbe
 
 
@@ -151,9 +151,9 @@ def run_proof(task: ProofTask) -> MethodOutcome:
         metrics = probe.measure(server, engine, batch, task.label, retained, task.forgotten_before)
         outcome = MethodOutcome(task.label, False, time.perf_counter() - started, 0, 0, {}, metrics)
     else:
-        job = UnlearningJob(server, engine, union(batch), forget_classes(batch), scenario.unlearning,
-                            probe.labels_of, forgotten_before=task.forgotten_before,
-                            training_rounds=task.round_index)
+        config = scenario.unlearning.for_batch(holds_partial_class_request(batch, retained))
+        job = UnlearningJob(server, engine, union(batch), forget_classes(batch), config, probe.labels_of,
+                            forgotten_before=task.forgotten_before, training_rounds=task.round_index)
         outcome = run_method(METHODS[task.method](), job, probe, batch, retained)
     engine.close()
     return dataclasses.replace(outcome, started_at=started_at, finished_at=time.time(),
