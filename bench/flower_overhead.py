@@ -17,6 +17,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,8 +28,11 @@ from fedgan.scenario import Scenario, load_scenario  # noqa: E402
 from scenarios.runner import FLOWER_ENV  # noqa: E402
 
 
-def time_rounds(scenario: Scenario, engine, rounds: int, warmup: int) -> list[float]:
-    """Seconds of each timed round (after `warmup` untimed rounds), server step included."""
+def time_rounds(scenario: Scenario, engine, rounds: int, warmup: int,
+                before_round: Callable[[], None] | None = None,
+                after_round: Callable[[], None] | None = None) -> list[float]:
+    """Seconds of each timed round (after `warmup` untimed rounds), server step included; the optional hooks run
+    just outside each timed round (bench/flower_profile.py marks its timeline with them)."""
     train = load_federation_data(scenario).train
     sites = engine.open()
     server = GeneratorServer(scenario, sites, train.image_shape, train.num_classes,
@@ -37,9 +41,13 @@ def time_rounds(scenario: Scenario, engine, rounds: int, warmup: int) -> list[fl
         server.step(engine)
     seconds = []
     for _ in range(rounds):
+        if before_round is not None:
+            before_round()
         started = time.perf_counter()
         server.step(engine)
         seconds.append(time.perf_counter() - started)
+        if after_round is not None:
+            after_round()
     engine.close()
     return seconds
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedgan.engine import InProcessEngine, load_federation_data, resolve_device  # noqa: E402
-from fedgan.federation import GeneratorServer  # noqa: E402
+from bench.flower_overhead import summarise, time_rounds  # noqa: E402
+from fedgan.engine import InProcessEngine  # noqa: E402
 from fedgan.scenario import Scenario, load_scenario  # noqa: E402
 from scenarios.runner import FLOWER_ENV  # noqa: E402
 from server.simulation_latency import RAY_ENV, RAY_INLINE_VARIABLE  # noqa: E402
@@ -85,26 +85,16 @@ def profiling_client_app():
     return app
 
 
-def time_rounds(scenario: Scenario, engine, rounds: int, warmup: int, timeline: list | None = None) -> list[float]:
-    """Seconds of each timed round (after `warmup` untimed rounds); with `timeline`, each timed round's marks."""
-    train = load_federation_data(scenario).train
-    sites = engine.open()
-    server = GeneratorServer(scenario, sites, train.image_shape, train.num_classes,
-                             resolve_device(scenario.engine.device))
-    for _ in range(warmup):
-        server.step(engine)
-    seconds = []
-    for _ in range(rounds):
-        if timeline is not None:
-            engine.marks = {"start": time.time(), "replies": []}
-        started = time.perf_counter()
-        server.step(engine)
-        seconds.append(time.perf_counter() - started)
-        if timeline is not None:
-            engine.marks["end"] = time.time()
-            timeline.append(engine.marks)
-    engine.close()
-    return seconds
+def time_marked_rounds(scenario: Scenario, engine, rounds: int, warmup: int, timeline: list) -> list[float]:
+    """`time_rounds` on the profiled engine, appending each timed round's marks to `timeline`."""
+    def start() -> None:
+        engine.marks = {"start": time.time(), "replies": []}
+
+    def end() -> None:
+        engine.marks["end"] = time.time()
+        timeline.append(engine.marks)
+
+    return time_rounds(scenario, engine, rounds, warmup, before_round=start, after_round=end)
 
 
 def profiled_flower_engine(grid, scenario: Scenario, ray_calls: dict):
@@ -178,8 +168,8 @@ def bench_flower(scenario: Scenario, rounds: int, warmup: int, timeline: list, r
 
     @server_app.main()
     def main(grid, context) -> None:
-        result.extend(time_rounds(scenario, profiled_flower_engine(grid, scenario, ray_calls), rounds, warmup,
-                                  timeline))
+        result.extend(time_marked_rounds(scenario, profiled_flower_engine(grid, scenario, ray_calls), rounds, warmup,
+                                         timeline))
 
     backend = {"client_resources": {"num_cpus": scenario.engine.num_cpus, "num_gpus": scenario.engine.num_gpus},
                "init_args": {"include_dashboard": False, "logging_level": "ERROR"}}
@@ -219,12 +209,6 @@ def round_parts(marks: dict) -> dict[str, float]:
     parts["server: decode, aggregate, G step"] = marks["end"] - pulled
     parts["messages at that worker"] = float(len(last))
     return parts
-
-
-def summarise(name: str, seconds: list[float], scenario: Scenario) -> dict:
-    return {"engine": name, "scenario": scenario.name, "sites": scenario.sites.count,
-            "batch": scenario.training.batch_size, "rounds_timed": len(seconds),
-            "median_s_per_round": statistics.median(seconds), "mean_s_per_round": statistics.fmean(seconds)}
 
 
 def profile_flower(scenario: Scenario, rounds: int, warmup: int, inline_bytes: int, ray_calls: dict) -> dict:
