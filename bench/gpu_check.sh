@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of the many-sites work, as one prepared run on a lent GPU machine (nothing here runs in CI).
 # On the device: the GPU tests, then bench/scale.py on CUDA with the reference's model (DCGAN width 64, batch 64):
-# the per-site loop against vmap groups in process, and Flower with site groups, at 100 and 1,000 sites.
+# the per-site loop against vmap groups in process, the same groups under bfloat16 autocast (engine.precision), and
+# Flower with site groups, at 100 and 1,000 sites.
 # Writes everything under ${OUT:-bench/results/gpu}. Usage (from the repository root, Flower and Ray importable):
 #   bench/gpu_check.sh [SITES=100,1000]
 set -uo pipefail
@@ -13,5 +14,7 @@ python3 -c "import sys, torch; print(sys.version, torch.__version__, torch.cuda.
 python3 -m pytest -q tests/test_gpu.py tests/test_site_group.py 2>&1 | tail -5 | tee "$out/tests.txt"
 python3 bench/scale.py --device cuda --batching vmap --width 64 --sites "$sites" --configs loop,batched \
   --nodes 1 --rounds 10 --warmup 3 --out "$out/scale-gpu-inprocess.json" | tee "$out/scale-gpu-inprocess.log"
+python3 bench/scale.py --device cuda --batching vmap --width 64 --sites "$sites" --configs batched \
+  --nodes 1 --rounds 10 --warmup 3 --precision bfloat16 --out "$out/scale-gpu-bf16.json" | tee "$out/scale-gpu-bf16.log"
 python3 bench/scale.py --device cuda --batching vmap --width 64 --sites "$sites" --configs batched,flower-group \
   --nodes 4 --rounds 10 --warmup 3 --out "$out/scale-gpu-flower.json" | tee "$out/scale-gpu-flower.log"

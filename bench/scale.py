@@ -11,7 +11,8 @@ resident set sizes of the subprocess and all its descendants (driver, Ray daemon
 Ratios are taken within one run of this script (these machines are noisy). Usage:
 
     .venv/bin/python bench/scale.py [--sites 10,30,100,300,1000] [--configs loop,batched,flower-node,flower-group]
-        [--nodes 4] [--batching auto] [--rounds 5] [--warmup 2] [--device cpu] [--width 32] [--flower-node-max 100]
+        [--nodes 4] [--batching auto] [--rounds 5] [--warmup 2] [--device cpu] [--width 32] [--precision float32]
+        [--flower-node-max 100]
         [--out bench/results/scale.json]
 
 Prints one JSON line per (configuration, sites) and the ratios; writes them all to `--out`.
@@ -38,7 +39,8 @@ from flower_overhead import time_rounds  # noqa: E402  (this folder: the same ti
 CONFIGS = ("loop", "batched", "flower-node", "flower-group")
 
 
-def scenario_for(sites: int, per_node: int, batching: str, device: str, engine: str, width: int = 32):
+def scenario_for(sites: int, per_node: int, batching: str, device: str, engine: str, width: int = 32,
+                 precision: str = "float32"):
     """The benchmark's scenario at `sites` sites."""
     from fedgan.scenario import scenario_from_dict
 
@@ -50,7 +52,7 @@ def scenario_for(sites: int, per_node: int, batching: str, device: str, engine: 
         "partition": {"scheme": "dirichlet", "alpha": 0.3, "min-size": min_size},
         "model": {"architecture": "dcgan", "latent-dim": 64, "width": width},
         "training": {"rounds": 1000, "batch-size": 64, "lr-generator": 1e-3},
-        "engine": {"name": engine, "device": device, "batching": batching, "num-cpus": 1,
+        "engine": {"name": engine, "device": device, "batching": batching, "num-cpus": 1, "precision": precision,
                    "num-gpus": 0.25 if device == "cuda" and engine == "flower" else 0.0},  # 4 nodes share a GPU
     })
 
@@ -65,7 +67,7 @@ def run_one(config: str, sites: int, args: argparse.Namespace) -> list[float]:
     group_size = per_node(config, sites, args.nodes)
     scenario = scenario_for(sites, group_size, args.batching, args.device,
                             "inprocess" if config == "loop" else "batched" if config == "batched" else "flower",
-                            args.width)
+                            args.width, args.precision)
     if config == "loop":
         from fedgan.engine import InProcessEngine
 
@@ -131,7 +133,8 @@ def measure(config: str, sites: int, args: argparse.Namespace) -> dict:
     """Run one configuration in a subprocess; its round times and the peak memory of its process tree."""
     command = [sys.executable, __file__, "--child", config, "--child-sites", str(sites), "--nodes",
                str(args.nodes), "--batching", args.batching, "--rounds", str(args.rounds), "--warmup",
-               str(args.warmup), "--device", args.device, "--width", str(args.width)]
+               str(args.warmup), "--device", args.device, "--width", str(args.width),
+               "--precision", args.precision]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     peak = 0
     stop = threading.Event()
@@ -152,7 +155,7 @@ def measure(config: str, sites: int, args: argparse.Namespace) -> dict:
         return {"config": config, "sites": sites, "error": f"exit {process.returncode}"}
     seconds = json.loads(lines[-1])["seconds"]
     return {"config": config, "sites": sites, "per_node": per_node(config, sites, args.nodes),
-            "batching": args.batching, "rounds_timed": len(seconds),
+            "batching": args.batching, "precision": args.precision, "rounds_timed": len(seconds),
             "median_s_per_round": statistics.median(seconds), "peak_rss_gb": peak / 2**30}
 
 
@@ -180,6 +183,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--width", type=int, default=32, help="DCGAN width (64: the GPU reference's model)")
+    parser.add_argument("--precision", default="float32", help="engine.precision: float32 or bfloat16")
     parser.add_argument("--flower-node-max", type=int, default=100, help="largest size tried with one node per site")
     parser.add_argument("--out", default=None)
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -159,7 +159,7 @@ def site_options(scenario: Scenario) -> SiteOptions:
     """The [training] settings a site's local steps use."""
     t = scenario.training
     return SiteOptions(t.batch_size, t.d_steps, t.lr_discriminator, (t.beta1, t.beta2), t.r1_gamma,
-                       t.real_sampling, t.r1_target, t.lr_schedule, t.rounds)
+                       t.real_sampling, t.r1_target, t.lr_schedule, t.rounds, scenario.engine.precision)
 
 
 def load_federation_data(scenario: Scenario) -> DatasetSplits:

@@ -22,6 +22,7 @@ from fedgan.aggregation import get_aggregator, site_log_weights
 from fedgan.engine import SiteEngine, SiteInfo
 from fedgan.faults import fault_point
 from fedgan.models import Generator, build_generator
+from fedgan.precision import autocast
 from fedgan.reply_screen import screen_replies
 from fedgan.schedule import learning_rate_factor
 from fedgan.seeding import derive_seed, torch_generator
@@ -129,7 +130,8 @@ class GeneratorServer:
                 group["lr"] = t.lr_generator * learning_rate_factor(t.lr_schedule, self.round, t.rounds)
         z = torch.randn(t.batch_size, self.generator.latent_dim, generator=self.rng).to(self.device)
         labels = self.sample_labels(t.batch_size, self.rng)
-        fake = self.generator(z, labels.to(self.device) if labels is not None else None)
+        with autocast(self.device, self.scenario.engine.precision):  # G's forward only; G returns float32
+            fake = self.generator(z, labels.to(self.device) if labels is not None else None)
         sent = fake.detach().cpu()
         replies, rejected = screen_replies(engine.train_round(self.round, sent, labels), sent, t.reply_limit)
         fault_point("round")  # the sites have stepped, G has not

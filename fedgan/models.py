@@ -90,7 +90,7 @@ class DCGANGenerator(Generator):
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)
         h = self.project(z).view(-1, self.start_channels, self.start, self.start)  # (B, 2w|4w, s, s)
-        return self.net(h)  # (B, C, H, W)
+        return self.net(h).float()  # (B, C, H, W), float32 under autocast too
 
 
 class DCGANDiscriminator(Discriminator):
@@ -122,7 +122,7 @@ class DCGANDiscriminator(Discriminator):
         logit = self.head(h).squeeze(1)  # (B,)
         if self.embed is not None:
             logit = logit + (self.embed(labels) * h).sum(1)
-        return logit
+        return logit.float()  # float32 under autocast too (fedgan.precision): losses and replies stay float32
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ class MLPGenerator(Generator):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)
-        return self.net(z).view(-1, *self.image_shape)
+        return self.net(z).view(-1, *self.image_shape).float()
 
 
 class MLPDiscriminator(Discriminator):
@@ -173,7 +173,7 @@ class MLPDiscriminator(Discriminator):
         logit = self.head(h).squeeze(1)
         if self.embed is not None:
             logit = logit + (self.embed(labels) * h).sum(1)
-        return logit
+        return logit.float()  # float32 under autocast too (fedgan.precision): losses and replies stay float32
 
 
 # --------------------------------------------------------------------------------------------------------------

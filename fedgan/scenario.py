@@ -25,6 +25,7 @@ from fedgan.forgetting_layers import (
     DEFAULT_TAU_MIN,
 )
 from fedgan.models import ModelSpec
+from fedgan.precision import PRECISIONS
 from fedgan.schedule import LR_SCHEDULES
 from fedgan.shard import REAL_SAMPLING
 from fedgan.site_group import BATCHING
@@ -117,6 +118,7 @@ class EngineConfig:
     batching: str = "auto"  # site groups: vmap (one batched computation), loop (site by site), auto (by device)
     round_timeout: float = 600.0
     poll_interval: float = 0.002  # Flower: seconds between the server's pulls for replies (Flower's own: 0.1 s)
+    precision: str = "float32"  # or "bfloat16": mixed precision for the training computations (fedgan.precision)
 
 
 @dataclass(frozen=True)
@@ -414,6 +416,7 @@ def validate(s: Scenario) -> None:
     _one_of(g.name, ENGINES, "engine.name")
     _one_of(g.device, DEVICES, "engine.device")
     _one_of(g.batching, BATCHING, "engine.batching")
+    _one_of(g.precision, PRECISIONS, "engine.precision")
     _require(0 < g.num_cpus <= MAX_CPUS_PER_SITE, "engine.num-cpus", f"got {g.num_cpus}",
              f"use a positive number of CPUs per site, at most {MAX_CPUS_PER_SITE}")
     _require(g.num_gpus >= 0, "engine.num-gpus", f"got {g.num_gpus}", "use 0 or a positive GPU share per site")

@@ -10,6 +10,7 @@ else leaves a site: not D's weights, not a real image. The shard's bookkeeping a
 from __future__ import annotations
 
 import io
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch.nn import functional as F
 
 from fedgan.datasets import ImageDataset
 from fedgan.models import Discriminator, ModelSpec, build_discriminator
+from fedgan.precision import autocast
 from fedgan.schedule import learning_rate_factor
 from fedgan.seeding import derive_seed, torch_generator
 from fedgan.shard import SiteShard
@@ -34,6 +36,8 @@ class SiteOptions:
     estimates the per-label ratio p_j(x|y) / q(x|y), the ratio per-class site weights assume; docs/methods.md).
     r1_target: the R1 penalty on the real ``logit`` (Mescheder et al.) or on the ``probability`` (reference code).
     lr_schedule: see `fedgan.schedule` (over `total_rounds`).
+    precision: ``float32`` or ``bfloat16`` autocast for the D steps, the reply and the unlearning stages
+    (`fedgan.precision`); what the site sends is float32 either way.
     """
 
     batch_size: int = 64
@@ -45,6 +49,7 @@ class SiteOptions:
     r1_target: str = "logit"
     lr_schedule: str = "constant"
     total_rounds: int = 0
+    precision: str = "float32"
 
 
 @dataclass
@@ -104,6 +109,11 @@ class Site:
         logits, input_grads = self._logits_and_input_grads(fake, labels)
         return SiteReply(logits.cpu(), input_grads.cpu(), *stats)
 
+    def autocast(self) -> AbstractContextManager[object]:
+        """The context this site's training forward passes run in (`options.precision`, `fedgan.precision`);
+        backward passes run outside it, as torch.autocast asks."""
+        return autocast(self.device, self.options.precision)
+
     def _discriminator_step(self, fake: torch.Tensor, fake_labels: torch.Tensor | None) -> tuple[float, float, float]:
         # ---------------- update D: BCE(D(real), 1) + BCE(D(x̂), 0) [+ γ/2·‖∇_x ℓ(real)‖²] ----------------
         real, real_labels = self.sample_real(self.options.batch_size)
@@ -111,8 +121,9 @@ class Site:
         self.optimizer.zero_grad(set_to_none=True)
         use_r1 = self.options.r1_gamma > 0
         real.requires_grad_(use_r1)
-        real_logits = D(real, real_labels)
-        fake_logits = D(fake, fake_labels)
+        with self.autocast():  # D returns float32 logits either way, so the loss below is float32
+            real_logits = D(real, real_labels)
+            fake_logits = D(fake, fake_labels)
         loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
         if use_r1:
             # R1 (Mescheder et al. 2018) on the real logits, or on D's probability as the reference code does
@@ -133,7 +144,8 @@ class Site:
         # D has no batch norm, so sample b's logit depends on x̂[b] only and the gradient of the summed logits
         # with respect to the batch is exactly the stack of per-sample gradients ∂ℓ[b]/∂x̂[b].
         x = fake.detach().clone().requires_grad_(True)
-        logits = self.discriminator(x, labels)
+        with self.autocast():
+            logits = self.discriminator(x, labels)
         (input_grads,) = torch.autograd.grad(logits.sum(), x)
         return logits.detach(), input_grads
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
+from fedgan.precision import autocast
 from fedgan.schedule import learning_rate_factor
 from fedgan.site import Site, SiteReply, to_cpu
 from fedgan.site_unlearning import UnlearnStageOptions
@@ -72,6 +74,9 @@ class SiteGroup:
 
     def __len__(self) -> int:
         return len(self.sites)
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        return autocast(self.device, self.options.precision)
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return functional_call(self._skeleton, params, (x, labels))
@@ -125,8 +130,9 @@ class SiteGroup:
         params = {name: p.detach().requires_grad_(True) for name, p in self.params.items()}
         use_r1 = self.options.r1_gamma > 0
         real.requires_grad_(use_r1)
-        real_logits = self._forward_each(params, real, real_labels)  # (K, B)
-        fake_logits = self._forward_shared(params, fake, fake_labels)  # (K, B)
+        with self._autocast():  # forward passes only, as in `Site`; the logits are float32 either way
+            real_logits = self._forward_each(params, real, real_labels)  # (K, B)
+            fake_logits = self._forward_shared(params, fake, fake_labels)  # (K, B)
         loss = F.softplus(-real_logits).mean(1) + F.softplus(fake_logits).mean(1)  # (K,)
         if use_r1:
             target = real_logits if self.options.r1_target == "logit" else torch.sigmoid(real_logits)
@@ -172,7 +178,8 @@ class SiteGroup:
         x = fake.detach().expand(len(self.sites), *fake.shape).clone().requires_grad_(True)
         labels_each = labels.expand(len(self.sites), *labels.shape) if labels is not None else None
         params = {name: p.detach() for name, p in self.params.items()}
-        logits = self._forward_each(params, x, labels_each)  # (K, B)
+        with self._autocast():
+            logits = self._forward_each(params, x, labels_each)  # (K, B)
         (input_grads,) = torch.autograd.grad(logits.sum(), x)  # (K, B, C, H, W)
         return logits.detach(), input_grads
 

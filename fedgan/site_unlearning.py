@@ -92,17 +92,18 @@ def mean_probability(site: Site, positions: torch.Tensor) -> float:
 def _fake_label_stage(site: Site, fake, fake_labels, forget_pos, options: UnlearnStageOptions) -> float:
     D = site.discriminator
     if options.fake_label == "generated":  # the soft label: how real D finds G's current samples
-        with torch.no_grad():
+        with torch.no_grad(), site.autocast():
             target = float(torch.sigmoid(D(fake, fake_labels)).mean())
     else:
         target = float(options.fake_label)
     for _ in range(options.steps):
         forget, forget_labels = site.shard.sample_from(forget_pos, site.options.batch_size, site.rng)
         site.optimizer.zero_grad(set_to_none=True)
-        forget_logits = D(forget, forget_labels)
-        loss = (_retained_real_loss(site) + F.softplus(D(fake, fake_labels)).mean()
-                + options.weight * F.binary_cross_entropy_with_logits(
-                    forget_logits, torch.full_like(forget_logits, target)))
+        with site.autocast():  # forward passes only (`Site.autocast`); D's logits are float32 either way
+            forget_logits = D(forget, forget_labels)
+            loss = (_retained_real_loss(site) + F.softplus(D(fake, fake_labels)).mean()
+                    + options.weight * F.binary_cross_entropy_with_logits(
+                        forget_logits, torch.full_like(forget_logits, target)))
         loss.backward()
         site.optimizer.step()
         site.steps += 1
@@ -131,7 +132,8 @@ def _fnn_stage(site: Site, fake, fake_labels, forget_pos, options: UnlearnStageO
     optimizer = torch.optim.Adam(layered.parameters(), lr=site.options.lr, betas=site.options.betas)
 
     def rehearsal(model: nn.Module, _batch: object) -> torch.Tensor:
-        return _retained_real_loss(site, model) + F.softplus(model(fake, fake_labels)).mean()
+        with site.autocast():
+            return _retained_real_loss(site, model) + F.softplus(model(fake, fake_labels)).mean()
 
     fnn_unlearn(layered, layers, [None], rehearsal, iterations=options.steps, optimizer=optimizer,
                 forget_inputs=[(forget, forget_labels)])
@@ -151,9 +153,10 @@ def _noise_stage(site: Site, fake, fake_labels, forget_pos, options: UnlearnStag
     for phase, optimizer in (("impair", impair), ("repair", site.optimizer)):
         for _ in range(options.steps):
             optimizer.zero_grad(set_to_none=True)
-            loss = _retained_real_loss(site) + F.softplus(D(fake, fake_labels)).mean()
-            if phase == "impair":  # noise that D finds maximally fake for these labels, presented as real
-                loss = loss + options.weight * F.softplus(-D(noise, noise_labels)).mean()
+            with site.autocast():
+                loss = _retained_real_loss(site) + F.softplus(D(fake, fake_labels)).mean()
+                if phase == "impair":  # noise that D finds maximally fake for these labels, presented as real
+                    loss = loss + options.weight * F.softplus(-D(noise, noise_labels)).mean()
             loss.backward()
             optimizer.step()
             site.steps += 1
@@ -172,7 +175,8 @@ def _error_maximising_noise(site: Site, forget_pos: torch.Tensor, steps: int
     try:
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            logits = site.discriminator(noise, labels)
+            with site.autocast():
+                logits = site.discriminator(noise, labels)
             loss = -F.softplus(-logits).mean() + NOISE_L2 * noise.pow(2).flatten(1).sum(1).mean()
             loss.backward()
             optimizer.step()

@@ -8,6 +8,7 @@ import torch
 from fedgan.batched_engine import BatchedEngine
 from fedgan.engine import InProcessEngine, build_site
 from fedgan.experiment import run_experiment
+from fedgan.site_group import SiteGroup
 from tests.conftest import tiny_scenario
 from tests.test_unlearning import FAST_UNLEARNING, site_items
 
@@ -39,3 +40,15 @@ def test_the_batched_engine_on_the_gpu_serves_a_forget_request_with_the_cpu_numb
     assert gpu["fid_lenet"] == pytest.approx(cpu["fid_lenet"], rel=1e-2)
     (a,), (b,) = cpu["unlearning"], gpu["unlearning"]
     assert b["fid_lenet_retained"]["after"] == pytest.approx(a["fid_lenet_retained"]["after"], rel=1e-2)
+
+
+def test_bfloat16_on_the_gpu_runs_the_group_in_bfloat16_and_stays_close_to_float32():
+    exact = SiteGroup([build_site(tiny_scenario(), j, "cuda") for j in range(3)], "vmap")
+    mixed_scenario = tiny_scenario(engine={"precision": "bfloat16"})
+    mixed = SiteGroup([build_site(mixed_scenario, j, "cuda") for j in range(3)], "vmap")
+    fake = torch.rand(16, 1, 28, 28) * 2 - 1
+    a, b = exact.train_round(fake, None, 1), mixed.train_round(fake, None, 1)
+    for site_id, reply in a.items():
+        assert b[site_id].logits.dtype == torch.float32
+        assert not torch.equal(b[site_id].logits, reply.logits)
+        torch.testing.assert_close(b[site_id].logits, reply.logits, atol=0.05, rtol=0.02)
