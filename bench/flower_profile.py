@@ -104,9 +104,9 @@ def profiled_flower_engine(grid, scenario: Scenario, ray_calls: dict):
     class ProfiledEngine(FlowerEngine):
         marks: dict = {}
 
-        def train_round(self, round_index, fake, labels):
+        def train_round(self, round_index, fake, labels, weights=None):
             self.marks["called"] = time.time()
-            replies = super().train_round(round_index, fake, labels)
+            replies = super().train_round(round_index, fake, labels, weights)
             self.marks["returned"] = time.time()
             return replies
 

@@ -9,6 +9,7 @@ node's ``partition-id``, and the group is cached per worker process (reused whil
 """
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections import OrderedDict
@@ -20,10 +21,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedgan import protocol as P
+from fedgan.aggregation import get_aggregator, pre_aggregate
 from fedgan.engine import build_site, resolve_device, site_thread_count
-from fedgan.faults import site_fault
+from fedgan.faults import site_fault, site_reply_fault
 from fedgan.node_state import NodeStateStore, node_folder
-from fedgan.scenario import scenario_from_dict
+from fedgan.scenario import TrainingConfig, scenario_from_dict
 from fedgan.site_group import SiteGroup
 from fedgan.site_unlearning import UnlearnStageOptions
 from fedgan.storage import cache_dir
@@ -160,9 +162,12 @@ def train_round(msg: Message, context: Context) -> Message:
     site_fault(_partition_id(context), "round", None if round_index is None else int(round_index))  # tests only
     group = _load_group(context)
     arrays = msg.content[P.ARRAYS]
-    replies = group.train_round(_tensor(arrays, P.FAKE), _tensor(arrays, P.LABELS),
-                                int(round_index) if round_index is not None else None)
+    fake, labels = _tensor(arrays, P.FAKE), _tensor(arrays, P.LABELS)
+    replies = group.train_round(fake, labels, int(round_index) if round_index is not None else None)
     _save_group(context, group)
+    site_reply_fault(_partition_id(context), None if round_index is None else int(round_index), replies)  # tests
+    if P.CLASS_COUNTS in arrays:  # the server asks for one answer for the node (sites.pre-aggregate)
+        return Message(_pre_aggregated(context, replies, _array(arrays, P.CLASS_COUNTS), fake, labels), reply_to=msg)
     ordered = [replies[site_id] for site_id in group.site_ids]
     content = RecordDict({P.ARRAYS: ArrayRecord({
         P.SITE_IDS: _site_ids(group),
@@ -171,6 +176,28 @@ def train_round(msg: Message, context: Context) -> Message:
         P.D_STATS: Array(np.asarray([[r.d_loss, r.d_real, r.d_fake] for r in ordered], dtype=np.float32)),
     })})
     return Message(content, reply_to=msg)
+
+
+@functools.lru_cache(maxsize=8)
+def _training(scenario_json: str) -> TrainingConfig:
+    return scenario_from_dict(json.loads(scenario_json)).training
+
+
+def _pre_aggregated(context: Context, replies: dict, counts: np.ndarray, fake: torch.Tensor,
+                    labels: torch.Tensor | None) -> RecordDict:
+    """The node's one answer: its screen, then one equivalent site for the sites it kept (fedgan.aggregation)."""
+    t = _training(str(context.state[P.STATE_CONFIG][P.SCENARIO_JSON]))
+    answer = pre_aggregate(get_aggregator(t.aggregator), replies, counts, labels, t.site_weights, fake, t.reply_limit)
+    one = 1 if answer.sites else 0
+    arrays = {
+        P.SITE_IDS: Array(np.asarray(answer.sites, dtype=np.int64)),
+        P.LOGITS: Array(answer.logits.reshape(one, -1).numpy()),
+        P.INPUT_GRADS: Array(answer.input_grads.reshape(one, *fake.shape).numpy()),
+        P.D_STATS: Array(np.asarray([[answer.d_loss, answer.d_real, answer.d_fake]][:one], dtype=np.float32)),
+        P.GROUP_WEIGHT: Array(answer.raw_weight.reshape(one, -1).numpy()),
+    }
+    rejected = json.dumps({str(site): reason for site, reason in (answer.rejected or {}).items()})
+    return RecordDict({P.ARRAYS: ArrayRecord(arrays), P.CONFIG: ConfigRecord({P.REJECTED_JSON: rejected})})
 
 
 # ---- forget requests: the site-side stages and bookkeeping (fedgan does the work) ----

@@ -112,7 +112,8 @@ class BatchedEngine:
         with site_threads(self.scenario):
             return group.discriminator_logits(index, images, labels)
 
-    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
+    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None,
+                    weights: np.ndarray | None = None) -> dict[int, SiteReply]:
         replies: dict[int, SiteReply] = {}
         with site_threads(self.scenario):
             for group in self.groups:

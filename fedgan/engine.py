@@ -114,9 +114,12 @@ class SiteEngine(Protocol):
         """The site's D logits on images the simulator's attacker sends (membership inference, a measurement)."""
         ...
 
-    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
+    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None,
+                    weights: np.ndarray | None = None) -> dict[int, SiteReply]:
         """Every site trains D on real vs this synthetic batch and answers with logits and input gradients;
-        the replies of those that answered, by site id."""
+        the replies of those that answered, by site id. `weights`: the server's class counts (K, C), its
+        aggregation weights this round, for an engine whose nodes pre-aggregate (a node's answer is then a
+        `GroupReply` under the key of its first site); other engines ignore it."""
         ...
 
     def site_states(self) -> dict[int, dict[str, Any]] | None:
@@ -281,7 +284,8 @@ class InProcessEngine:
         with site_threads(self.scenario):
             return self.sites[site_id].discriminator_logits(images, labels)
 
-    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
+    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None,
+                    weights: np.ndarray | None = None) -> dict[int, SiteReply]:
         # Sites train side by side on Python threads (torch releases the GIL), each with `site_thread_count`
         # intra-op threads: the cores stay busy and every site computes exactly as it would in a Flower actor.
         with site_threads(self.scenario):

@@ -12,9 +12,11 @@ import os
 import signal
 import time
 
+import torch
+
 ENVIRONMENT = "FEDGAN_FAULT"
 SITE_ENVIRONMENT = "FEDGAN_SITE_FAULT"  # KIND:PARTITION:ACTION[:ROUND[:SECONDS]], e.g. raise:1:round:3
-SITE_FAULTS = ("raise", "hang", "vanish")
+SITE_FAULTS = ("raise", "hang", "vanish", "nan")
 POINTS = ("round", "cascade", "retrain", "evaluation", "checkpoint-write")
 _reached: dict[str, int] = {}
 
@@ -36,14 +38,26 @@ def site_fault(partition_id: int, action: str, round_index: int | None = None) -
     """A node's fault, for tests of the real Flower path: `FEDGAN_SITE_FAULT=KIND:PARTITION:ACTION[:ROUND[:SECONDS]]`
     makes node PARTITION, on message ACTION (``round``, ``unlearn``) of round ROUND (``*`` or left out: any), raise
     (``raise``: an error reply), sleep SECONDS (``hang``, 30 by default: past `engine.round-timeout`) or end its
-    worker process (``vanish``)."""
-    wanted = os.environ.get(SITE_ENVIRONMENT)
-    if not wanted:
-        return
-    kind, partition, wanted_action, *rest = wanted.split(":")
-    if int(partition) != partition_id or wanted_action != action:
-        return
-    if rest and rest[0] != "*" and round_index is not None and int(rest[0]) != round_index:
+    worker process (``vanish``). Several faults: separated by commas."""
+    for kind, rest in _site_faults(partition_id, action, round_index):
+        _site_fault(kind, partition_id, action, rest)
+
+
+def _site_faults(partition_id: int, action: str, round_index: int | None) -> list[tuple[str, list[str]]]:
+    """The faults of `FEDGAN_SITE_FAULT` due at this node, action and round: (kind, the fields after ROUND)."""
+    due = []
+    for fault in filter(None, os.environ.get(SITE_ENVIRONMENT, "").split(",")):
+        kind, partition, wanted_action, *rest = fault.split(":")
+        if int(partition) != partition_id or wanted_action != action:
+            continue
+        if rest and rest[0] != "*" and round_index is not None and int(rest[0]) != round_index:
+            continue
+        due.append((kind, rest))
+    return due
+
+
+def _site_fault(kind: str, partition_id: int, action: str, rest: list[str]) -> None:
+    if kind == "nan":  # not here: the reply is spoilt after the work (site_reply_fault)
         return
     if kind == "raise":
         raise RuntimeError(f"injected fault: node {partition_id} fails {action}")
@@ -51,3 +65,12 @@ def site_fault(partition_id: int, action: str, round_index: int | None = None) -
         time.sleep(float(rest[1]) if len(rest) > 1 else 30.0)
     elif kind == "vanish":
         os._exit(1)
+
+
+def site_reply_fault(partition_id: int, round_index: int | None, replies: dict) -> None:
+    """`FEDGAN_SITE_FAULT=nan:PARTITION:round[:ROUND]`: the first site of node PARTITION answers that round with NaN
+    logits (a broken site, for tests of the screens: the server's, or the node's own when it pre-aggregates)."""
+    if not replies or "nan" not in [kind for kind, _ in _site_faults(partition_id, "round", round_index)]:
+        return
+    first = min(replies)
+    replies[first].logits = torch.full_like(replies[first].logits, float("nan"))

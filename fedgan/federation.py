@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fedgan.aggregation import get_aggregator, site_log_weights
+from fedgan.aggregation import answer_log_weights, get_aggregator
 from fedgan.engine import SiteEngine, SiteInfo
 from fedgan.faults import fault_point
 from fedgan.models import Generator, build_generator
@@ -26,6 +26,7 @@ from fedgan.precision import autocast
 from fedgan.reply_screen import screen_replies
 from fedgan.schedule import learning_rate_factor
 from fedgan.seeding import derive_seed, torch_generator
+from fedgan.site import GroupReply, SiteReply
 
 if TYPE_CHECKING:  # annotations only (the scenario schema validates against registries that import this module)
     from fedgan.scenario import Scenario
@@ -52,6 +53,28 @@ class RoundRecord:
             if not record[key]:
                 record.pop(key)
         return record
+
+
+def screen_answers(answers: dict[int, SiteReply], fake: torch.Tensor, limit: float
+                   ) -> tuple[dict[int, SiteReply], dict[int, str]]:
+    """The answers G may use and the rejected sites with their reasons (`fedgan.reply_screen`): a pre-aggregated
+    node's answer (`GroupReply`) brings the sites its own screen dropped, and when the server's screen rejects it,
+    every site it stands for is rejected; a node whose screen kept none of its sites sends an empty answer."""
+    rejected: dict[int, str] = {}
+    for answer in answers.values():
+        if isinstance(answer, GroupReply):
+            rejected.update(answer.rejected or {})
+    kept = {key: a for key, a in answers.items() if not isinstance(a, GroupReply) or a.sites}
+    replies, refused = screen_replies(kept, fake, limit)
+    for key, reason in refused.items():
+        sites = kept[key].sites if isinstance(kept[key], GroupReply) else (key,)
+        rejected.update({site: reason for site in sites})
+    return replies, dict(sorted(rejected.items()))
+
+
+def site_mean(values: list[float], sites: list[int]) -> float:
+    """The mean over sites of per-answer means, answer k standing for `sites[k]` sites."""
+    return float(np.mean(np.repeat(values, sites)))
 
 
 class GeneratorServer:
@@ -133,7 +156,8 @@ class GeneratorServer:
         with autocast(self.device, self.scenario.engine.precision):  # G's forward only; G returns float32
             fake = self.generator(z, labels.to(self.device) if labels is not None else None)
         sent = fake.detach().cpu()
-        replies, rejected = screen_replies(engine.train_round(self.round, sent, labels), sent, t.reply_limit)
+        replies, rejected = screen_answers(engine.train_round(self.round, sent, labels, weights=self.class_counts),
+                                           sent, t.reply_limit)
         fault_point("round")  # the sites have stepped, G has not
         if not replies:  # nobody to learn from this round: G stays as it is, the round is recorded as empty
             nan = float("nan")
@@ -142,11 +166,10 @@ class GeneratorServer:
                                dropped={str(site): reason for site, reason in
                                         sorted(getattr(engine, "dropped", {}).items())})
         # ---------------- aggregate: the generator's gradient from logits and input gradients ----------------
-        present = [self.site_ids.index(site_id) for site_id in sorted(replies)]
+        # (a pre-aggregated node's answer is one equivalent site for its sites, weighted by their total weight)
         logits = torch.stack([replies[s].logits for s in sorted(replies)])  # (K', B)
         input_grads = torch.stack([replies[s].input_grads for s in sorted(replies)])  # (K', B, C, H, W)
-        log_w = site_log_weights(self.class_counts, np.asarray(present), labels, t.site_weights)
-        log_w = log_w.expand(-1, t.batch_size)
+        log_w = answer_log_weights(replies, self.class_counts, self.site_ids, labels, t.site_weights, t.batch_size)
         loss, grad = self.aggregator.generator_gradient(logits, input_grads, log_w)
         # ---------------- update G ----------------
         self.optimizer.zero_grad(set_to_none=True)
@@ -154,14 +177,15 @@ class GeneratorServer:
         self.optimizer.step()
         d_aggregate = float(self.aggregator.probability(logits.double(), log_w.double()).mean())
         answered = list(replies.values())
+        sites = [len(r.sites) if isinstance(r, GroupReply) else 1 for r in answered]
         return RoundRecord(
             round=self.round,
             generator_loss=loss,
-            discriminator_loss=float(np.mean([r.d_loss for r in answered])),
-            d_real=float(np.mean([r.d_real for r in answered])),
-            d_fake=float(np.mean([r.d_fake for r in answered])),
+            discriminator_loss=site_mean([r.d_loss for r in answered], sites),
+            d_real=site_mean([r.d_real for r in answered], sites),
+            d_fake=site_mean([r.d_fake for r in answered], sites),
             d_aggregate=d_aggregate,
-            sites_answered=len(answered),
+            sites_answered=int(sum(sites)),
             seconds=time.perf_counter() - started,
             rejected={str(site): reason for site, reason in sorted(rejected.items())},
             dropped={str(site): reason for site, reason in sorted(getattr(engine, "dropped", {}).items())},

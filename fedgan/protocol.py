@@ -4,6 +4,8 @@ Plain strings only (this package knows nothing of Flower); `server/` and `client
 records with these names. docs/protocol.md describes every message. What crosses the wire, per round and site:
   down  TRAIN_ROUND: the synthetic batch x̂ (B, C, H, W) float32 [+ its labels (B,) int64] and the round number;
   up    its reply: logits (B,) float32 and input gradients (B, C, H, W) float32, plus three loss statistics.
+With `sites.pre-aggregate`, TRAIN_ROUND also carries the server's class counts of the node's sites down, and the
+node answers with one equivalent site for its sites (`fedgan.aggregation.pre_aggregate`) and their total weight.
 Once per run, SETUP carries the resolved scenario down and each site's class counts up. Never a discriminator
 weight, and never a real image from a site (the attacker's candidate images of QUERY_LOGITS go *to* the site).
 """
@@ -65,8 +67,11 @@ STATE_CONFIG = "fedgan.config"
 STATE_VERSION = "version"
 STATE_TOKEN = "token"  # drawn at every setup: a version of another run or an earlier setup never matches
 
-DOWN_ARRAY_KEYS = frozenset({FAKE, LABELS})
-UP_ARRAY_KEYS = frozenset({SITE_IDS, LOGITS, INPUT_GRADS, D_STATS, CLASS_COUNTS})
+GROUP_WEIGHT = "group-weight"  # (1, B) float64: a pre-aggregated answer's total weight R[b] of its sites
+REJECTED_JSON = "rejected"  # a pre-aggregated answer: {site id: reason} for the sites the node's screen dropped
+
+DOWN_ARRAY_KEYS = frozenset({FAKE, LABELS, CLASS_COUNTS})  # counts: the server's, of the node's sites (pre-aggregate)
+UP_ARRAY_KEYS = frozenset({SITE_IDS, LOGITS, INPUT_GRADS, D_STATS, CLASS_COUNTS, GROUP_WEIGHT})
 
 
 def node_sites(partition_id: int, per_node: int, num_sites: int) -> list[int]:

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from fedgan.site import SiteReply
+from fedgan.site import GroupReply, SiteReply
 
 
 def reply_problem(reply: SiteReply, fake: torch.Tensor, limit: float) -> str | None:
@@ -36,6 +36,12 @@ def reply_problem(reply: SiteReply, fake: torch.Tensor, limit: float) -> str | N
     for name in ("d_loss", "d_real", "d_fake"):
         if not math.isfinite(float(getattr(reply, name))):
             return f"{name} is not finite"
+    if isinstance(reply, GroupReply):
+        weight = reply.raw_weight
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (batch,):
+            return f"the group weight is not ({batch},)"
+        if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
+            return "the group weight must be finite and non-negative"
     return None
 
 

@@ -63,6 +63,7 @@ class SitesConfig:
 
     count: int = 10
     per_node: int = 1  # sites per site group: under `batched`, groups of this size (1: one group of every site)
+    pre_aggregate: bool = False  # Flower: each node answers for its group as one equivalent site (docs/methods.md)
 
 
 @dataclass(frozen=True)

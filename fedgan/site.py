@@ -64,6 +64,17 @@ class SiteReply:
     problem: str | None = None  # set by a transport that could not decode the site's answer (never by a site)
 
 
+@dataclass
+class GroupReply(SiteReply):
+    """A node's pre-aggregated answer (`sites.pre-aggregate`, `fedgan.aggregation.pre_aggregate`): one equivalent
+    site for the node's accepted sites — its logits, input gradients and the mean of their D statistics — with the
+    group's total raw weight; the server never sees a single site's answer."""
+
+    sites: tuple[int, ...] = ()  # the node's sites this answer stands for (those its screen accepted)
+    raw_weight: torch.Tensor | None = None  # (B,) float64: R[b] = Σ_j r_j[b] over `sites`
+    rejected: dict[int, str] | None = None  # the node's sites its screen dropped, with the reasons
+
+
 class Site:
     """A site's discriminator, its optimizer and random stream, and the local computation of one UA round."""
 

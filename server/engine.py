@@ -21,7 +21,7 @@ from fedgan import protocol as P
 from fedgan.engine import SiteIds, SiteInfo, SitesSnapshot, StageOrder, Traffic
 from fedgan.node_state import NodeStateStore, node_folder
 from fedgan.scenario import Scenario
-from fedgan.site import SiteReply
+from fedgan.site import GroupReply, SiteReply
 from server.simulation_latency import notify_pushed
 
 NODE_WAIT_SECONDS = 120.0
@@ -134,13 +134,18 @@ class FlowerEngine:
         return Message(content, dst_node_id=node, message_type=P.SETUP, group_id="setup")
 
     # ---- one round ----
-    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict[int, SiteReply]:
+    def train_round(self, round_index: int, fake: torch.Tensor, labels: torch.Tensor | None,
+                    weights: np.ndarray | None = None) -> dict[int, SiteReply]:
         arrays = {P.FAKE: Array(fake.numpy())}
         if labels is not None:
             arrays[P.LABELS] = Array(labels.numpy())
         messages = []
+        pre_aggregate = self.scenario.sites.pre_aggregate and weights is not None
         for node in sorted(self.sites_of_node):
-            content = RecordDict({P.ARRAYS: ArrayRecord(dict(arrays)), P.CONFIG: ConfigRecord({P.ROUND: round_index})})
+            mine = dict(arrays)
+            if pre_aggregate:  # the node weighs its sites with the server's counts (they may differ from its own)
+                mine[P.CLASS_COUNTS] = Array(np.asarray(weights, dtype=np.int64)[self.sites_of_node[node]])
+            content = RecordDict({P.ARRAYS: ArrayRecord(mine), P.CONFIG: ConfigRecord({P.ROUND: round_index})})
             messages.append(Message(content, dst_node_id=node, message_type=P.TRAIN_ROUND,
                                     group_id=str(round_index)))
             self.traffic.bytes_down += record_bytes(content.values())
@@ -168,6 +173,8 @@ class FlowerEngine:
         """The node's replies; a reply that cannot be decoded (missing keys, wrong sizes) becomes a rejected reply
         of each of the node's sites, which the server's screen drops with this reason."""
         try:
+            if P.GROUP_WEIGHT in content[P.ARRAYS]:
+                return {min(sites): cls._decode_group(content, sites)}
             decoded = cls._decode(content)
             if sorted(decoded) != sorted(sites):
                 raise ValueError(f"the reply names sites {sorted(decoded)}, the node hosts {sorted(sites)}")
@@ -185,6 +192,29 @@ class FlowerEngine:
         input_grads = torch.from_numpy(np.array(arrays[P.INPUT_GRADS].numpy()))
         stats = np.array(arrays[P.D_STATS].numpy(), dtype=np.float64)
         return {site: SiteReply(logits[k], input_grads[k], *map(float, stats[k])) for k, site in enumerate(site_ids)}
+
+    @staticmethod
+    def _decode_group(content: RecordDict, sites: list[int]) -> GroupReply:
+        """A pre-aggregating node's answer: one equivalent site for the sites it names, the others rejected by it."""
+        arrays = content[P.ARRAYS]
+        named = np.array(arrays[P.SITE_IDS].numpy()).tolist()
+        rejected = {int(s): str(r) for s, r in json.loads(str(content[P.CONFIG][P.REJECTED_JSON])).items()}
+        if sorted(named + list(rejected)) != sorted(sites):
+            raise ValueError(f"the reply accounts for sites {sorted(named + list(rejected))}, the node hosts "
+                             f"{sorted(sites)}")
+        if not named:
+            empty = torch.zeros(0)
+            return GroupReply(empty, empty, *([float("nan")] * 3), sites=(), raw_weight=empty, rejected=rejected)
+        logits = torch.from_numpy(np.array(arrays[P.LOGITS].numpy()))
+        input_grads = torch.from_numpy(np.array(arrays[P.INPUT_GRADS].numpy()))
+        weight = torch.from_numpy(np.array(arrays[P.GROUP_WEIGHT].numpy(), dtype=np.float64))
+        stats = np.array(arrays[P.D_STATS].numpy(), dtype=np.float64)
+        if logits.shape[0] != 1 or input_grads.shape[0] != 1 or weight.shape[0] != 1:
+            raise ValueError("a pre-aggregated answer holds one equivalent site")
+        if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
+            raise ValueError("the group weight must be finite and non-negative")
+        return GroupReply(logits[0], input_grads[0], *map(float, stats[0]), sites=tuple(named), raw_weight=weight[0],
+                          rejected=rejected)
 
     def _log(self, direction: str, round_index: int | None, sites: list[int], content: RecordDict,
              message_type: str = P.TRAIN_ROUND) -> None:

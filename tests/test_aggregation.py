@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedgan.aggregation import AGGREGATORS, get_aggregator, site_log_weights
+from fedgan.aggregation import AGGREGATORS, answer_log_weights, get_aggregator, pre_aggregate, site_log_weights
+from fedgan.site import SiteReply
 
 
 def _central_loss_through_sites(name: str, sites: list[nn.Module], x: torch.Tensor, log_w: torch.Tensor):
@@ -118,3 +119,60 @@ def test_ua_is_stable_where_probabilities_saturate():
     grads = torch.ones(2, 1, 1, 1, 1)
     loss, grad = get_aggregator("ua").generator_gradient(logits, grads, torch.log(torch.full((2, 1), 0.5)))
     assert math.isfinite(loss) and torch.isfinite(grad).all()
+
+
+# ---- pre-aggregation at a node: a group's equivalent site gives the all-site aggregation exactly ----
+
+def _site_replies(count: int, batch: int, seed: int, spread: float = 3.0) -> dict[int, SiteReply]:
+    generator = torch.Generator().manual_seed(seed)
+    return {site: SiteReply(torch.randn(batch, generator=generator) * spread,
+                            torch.randn(batch, 1, 2, 2, generator=generator), 0.1 * site, 0.5, 0.4)
+            for site in range(count)}
+
+
+@pytest.mark.parametrize("mode", ["size", "uniform", "per_class"])
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_pre_aggregated_groups_give_the_server_side_aggregation(name, mode):
+    # Prepare: 6 sites in unequal groups {0, 1, 2}, {3, 4}, {5}; per-class counts with zeros, so that some samples
+    # weigh nothing at a whole group and the last label is held by no site (the uniform fallback).
+    batch, aggregator = 8, get_aggregator(name)
+    replies = _site_replies(6, batch, seed=1)
+    counts = np.array([[5, 0, 3, 0], [2, 0, 0, 0], [0, 0, 7, 0], [0, 4, 0, 0], [1, 6, 0, 0], [0, 0, 9, 0]])
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]) if mode == "per_class" else None
+    fake = torch.zeros(batch, 1, 2, 2)
+    groups = [[0, 1, 2], [3, 4], [5]]
+    site_ids = list(range(6))
+
+    # Execute: the server aggregating every site, and the server aggregating the three groups' answers.
+    log_w = answer_log_weights(replies, counts, site_ids, labels, mode, batch)
+    expected = aggregator.generator_gradient(torch.stack([r.logits for r in replies.values()]),
+                                             torch.stack([r.input_grads for r in replies.values()]), log_w)
+    answers = {min(g): pre_aggregate(aggregator, {s: replies[s] for s in g}, counts[g], labels, mode, fake, 1e4)
+               for g in groups}
+    group_w = answer_log_weights(answers, counts, site_ids, labels, mode, batch)
+    got = aggregator.generator_gradient(torch.stack([a.logits for a in answers.values()]),
+                                        torch.stack([a.input_grads for a in answers.values()]), group_w)
+
+    # Assert: the same loss and gradient (float32 rounding of the equivalent sites), and the same D statistics.
+    assert got[0] == pytest.approx(expected[0], rel=1e-5)
+    torch.testing.assert_close(got[1], expected[1], atol=1e-5 * float(expected[1].abs().max()), rtol=1e-5)
+    assert [a.sites for a in answers.values()] == [tuple(g) for g in groups]
+    assert float(np.mean(np.repeat([a.d_loss for a in answers.values()], [3, 2, 1]))) == pytest.approx(0.25)
+    if name != "mdgan":  # the central probability too (MD-GAN's is recorded over the equivalent sites)
+        torch.testing.assert_close(
+            aggregator.probability(torch.stack([a.logits for a in answers.values()]).double(), group_w),
+            aggregator.probability(torch.stack([r.logits for r in replies.values()]).double(), log_w))
+
+
+def test_a_node_screens_its_sites_before_it_aggregates():
+    replies = _site_replies(3, 4, seed=2)
+    replies[1].logits = torch.full((4,), float("nan"))
+    answer = pre_aggregate(get_aggregator("ua"), replies, np.ones((3, 2), int), None, "size",
+                           torch.zeros(4, 1, 2, 2), 1e4)
+    assert answer.sites == (0, 2) and set(answer.rejected) == {1} and "NaN" in answer.rejected[1]
+    assert torch.isfinite(answer.logits).all() and answer.raw_weight.tolist() == [4.0] * 4
+    everyone_broken = {s: SiteReply(torch.full((4,), float("nan")), r.input_grads, 0.0, 0.0, 0.0)
+                       for s, r in replies.items()}
+    empty = pre_aggregate(get_aggregator("ua"), everyone_broken, np.ones((3, 2), int), None, "size",
+                          torch.zeros(4, 1, 2, 2), 1e4)
+    assert empty.sites == () and sorted(empty.rejected) == [0, 1, 2]

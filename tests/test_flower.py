@@ -179,3 +179,34 @@ def test_site_groups_under_flower_give_the_numbers_of_the_same_groups_in_process
     for side in ("before", "after", "retrain"):
         assert x["forget_class_rate"][side] == pytest.approx(y["forget_class_rate"][side], abs=1e-3), side
     assert flower["fid_lenet"] == pytest.approx(batched["fid_lenet"], rel=1e-3)
+
+
+def test_nodes_that_pre_aggregate_give_the_server_side_aggregation(tmp_path):
+    # Prepare: 5 sites on unequal nodes {0, 1}, {2, 3}, {4}; a conditional G with per-class weights; node 1 fails
+    # round 2 (its sites dropped) and site 0 answers round 3 with NaN logits (the screen drops it: the server's in
+    # one run, node 0's own in the other).
+    from tests.test_site_faults import flower_run, round_lines
+
+    options = dict(sites={"count": 5, "per-node": 2}, model={"conditional": True},
+                   training={"rounds": 4, "site-weights": "per_class"})
+    faults = "raise:1:round:2,nan:0:round:3"
+
+    # Execute
+    server_side = flower_run(tmp_path / "server", faults, **options)
+    at_nodes = flower_run(tmp_path / "nodes", faults, **{**options, "sites": {**options["sites"],
+                                                                               "pre-aggregate": True}})
+
+    # Assert: the same rounds (float tolerance: the nodes sum in float64, the server in its own order), the same
+    # drops and rejections, and one equivalent site per node on the way up.
+    a, b = round_lines(tmp_path / "server" / "run"), round_lines(tmp_path / "nodes" / "run")
+    for r in range(1, 5):
+        for key in ("generator_loss", "discriminator_loss", "d_aggregate"):
+            assert b[r][key] == pytest.approx(a[r][key], rel=1e-4, abs=1e-5), (r, key)
+        assert b[r]["sites_answered"] == a[r]["sites_answered"], r
+        assert sorted(b[r].get("dropped", {})) == sorted(a[r].get("dropped", {})), r
+        assert b[r].get("rejected", {}) == a[r].get("rejected", {}), r
+    assert a[2]["sites_answered"] == 3 and sorted(a[2]["dropped"]) == ["2", "3"]
+    assert a[3]["sites_answered"] == 4 and "NaN" in a[3]["rejected"]["0"]
+    assert at_nodes["fid_lenet"] == pytest.approx(server_side["fid_lenet"], rel=1e-3)
+    # Upward traffic: 3 equivalent sites a round instead of 5 sites' answers.
+    assert at_nodes["bytes_up"] < 0.7 * server_side["bytes_up"]

@@ -34,8 +34,8 @@ class HostileSite(InProcessEngine):
         super().__init__(scenario, "cpu")
         self.hostile, self.corrupt, self.silent = hostile, corrupt, silent
 
-    def train_round(self, round_index, fake, labels):
-        replies = super().train_round(round_index, fake, labels)
+    def train_round(self, round_index, fake, labels, weights=None):
+        replies = super().train_round(round_index, fake, labels, weights)
         if self.silent:
             replies.pop(self.hostile)
         else:
@@ -104,8 +104,8 @@ def test_a_round_in_which_no_site_answers_leaves_g_unchanged_and_is_recorded():
     scenario = tiny_scenario()
 
     class Silent(InProcessEngine):
-        def train_round(self, round_index, fake, labels):
-            super().train_round(round_index, fake, labels)
+        def train_round(self, round_index, fake, labels, weights=None):
+            super().train_round(round_index, fake, labels, weights)
             return {}
 
     train = prepare(scenario)[0].train

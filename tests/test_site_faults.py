@@ -22,8 +22,11 @@ def round_lines(run_dir):
 
 
 def flower_run(tmp_path, fault, **overrides):
-    scenario = tiny_scenario(training={"rounds": 5}, evaluation={"every": 0},
-                             engine={"name": "flower", "num-cpus": 1, "round-timeout": 4.0}, **overrides)
+    sections = {"training": {"rounds": 5}, "evaluation": {"every": 0},
+                "engine": {"name": "flower", "num-cpus": 1, "round-timeout": 4.0}}
+    for section, values in overrides.items():  # a test's own keys over these
+        sections[section] = {**sections.get(section, {}), **values} if isinstance(values, dict) else values
+    scenario = tiny_scenario(**sections)
     import ray
 
     if ray.is_initialized():  # a Ray instance of an earlier test: its workers would not see the variable
