@@ -17,6 +17,7 @@ and issue 18's targets, PASS/MISS) and `fnn-compare.png` (forget and retained me
 into the out folder, and prints the markdown.
 
     FEDGAN_CACHE=/tmp/fcache .venv/bin/python bench/fnn_compare.py scenarios/fnn-compare.toml [--out runs/fnn-compare]
+        [--methods M,...] [--skip-federation] [--reuse] [--classifier-option KEY=VALUE ...]
 
 `--skip-federation` runs setting (a) alone (no GAN, no evaluator); `--methods a,b` replaces the GAN methods;
 `--classifier-option key=value` (repeatable) sets a `ClassifierUnlearningOptions` field for both classifier settings.
@@ -336,13 +337,15 @@ def generator_row(name: str, entry: dict[str, Any], side: str = "after") -> dict
 
 
 def federation_settings(scenario: Scenario, request: ForgetRequest, methods: list[str], out: Path,
-                        options: ClassifierUnlearningOptions) -> dict[str, Any]:
-    """The generator rows (every method from one trained state, one retrain) and classifier setting (b)."""
+                        options: ClassifierUnlearningOptions, reuse: bool = False) -> dict[str, Any]:
+    """The generator rows (every method from one trained state, one retrain) and classifier setting (b).
+    `reuse`: the trained federation and the retrain (its certificate and its G's labelled draw) from an earlier
+    call's `out`, when there."""
     splits, evaluator = prepare(scenario)
     rounds, samples = request.round, scenario.unlearning.downstream_samples
 
     # ---------------- train once up to the request ----------------
-    federation = TrainedFederation(scenario, splits, evaluator, rounds)
+    federation = TrainedFederation(scenario, splits, evaluator, rounds, cache=out / "trained.pt", reuse=reuse)
     server, train_seconds = federation.server, federation.train_seconds
     # setting (b)'s training set is the proof's downstream draw of this G; its non-members another draw of it
     before = labelled_draw(server, evaluator, samples, f"{CERTIFICATE_DRAW}-downstream")
@@ -354,10 +357,18 @@ def federation_settings(scenario: Scenario, request: ForgetRequest, methods: lis
         return federation.serve(config, [request], out / name)[0]
 
     # ---------------- retrain once (the reference for every method, and setting (b)'s) ----------------
-    certificates = {"retrain": serve("retrain")}
-    started = time.perf_counter()
-    retrained = labelled_draw(server, evaluator, samples, f"{CERTIFICATE_DRAW}-downstream")  # retrain's G
-    retrain_seconds = certificates["retrain"]["seconds"] + time.perf_counter() - started
+    retrain_file = out / "retrain.pt"
+    if reuse and retrain_file.exists():
+        saved = torch.load(retrain_file, weights_only=False)
+        certificates, retrained, retrain_seconds = {"retrain": saved["certificate"]}, saved["draw"], saved["seconds"]
+    else:
+        certificates = {"retrain": serve("retrain")}
+        started = time.perf_counter()
+        retrained = labelled_draw(server, evaluator, samples, f"{CERTIFICATE_DRAW}-downstream")  # retrain's G
+        retrain_seconds = certificates["retrain"]["seconds"] + time.perf_counter() - started
+        buffer = io.BytesIO()
+        torch.save({"certificate": certificates["retrain"], "draw": retrained, "seconds": retrain_seconds}, buffer)
+        atomic_write_bytes(retrain_file, buffer.getvalue())
     for name in methods:
         certificates[name] = serve(name)
         print(json.dumps({"method": name, **generator_row(name, certificates[name])}), flush=True)
@@ -380,6 +391,8 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help="comma-separated GAN methods (default: [unlearning] methods)")
     parser.add_argument("--skip-federation", action="store_true", help="classifier setting (a) only")
     parser.add_argument("--request", type=int, default=0, help="which [[forget]] entry to serve (0: the first)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the trained federation and the retrain from an earlier call's --out")
     parser.add_argument("--classifier-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a ClassifierUnlearningOptions field for both classifier settings (repeatable), "
                              "e.g. epochs=10 or fnn_iterations=5")
@@ -406,7 +419,7 @@ def main() -> None:
     if not args.skip_federation:
         methods = [m for m in (args.methods.split(",") if args.methods else scenario.unlearning.methods)
                    if m != "retrain"]
-        report.update(federation_settings(scenario, request, methods, out, options))
+        report.update(federation_settings(scenario, request, methods, out, options, args.reuse))
 
     atomic_write_text(out / "fnn-compare.json", json.dumps(report, indent=1, default=str))  # first: the numbers
     text = markdown(report)

@@ -4,14 +4,16 @@ Configurations (each in a fresh subprocess, so that its memory is its own):
 - ``loop``         in process, `InProcessEngine`: one `Site` after another;
 - ``batched``      in process, `BatchedEngine`: `--nodes` site groups of equal size, `engine.batching` as given;
 - ``flower-node``  Flower's Ray simulation engine, one SuperNode per site (the default of `sites.per-node`);
-- ``flower-group`` Flower with site groups: `--nodes` SuperNodes, each hosting one group, the same as ``batched``.
+- ``flower-group`` Flower with site groups: `--nodes` SuperNodes, each hosting one group, the same as ``batched``;
+- ``flower-preagg`` the same, each node answering for its group as one equivalent site (`sites.pre-aggregate`).
 Every configuration runs the same scenario (Fashion-MNIST, Dirichlet(0.3) label skew, DCGAN width 32, batch 64, the
 UA server step included) for `--warmup` untimed and `--rounds` timed rounds. Peak memory is the largest sum of the
 resident set sizes of the subprocess and all its descendants (driver, Ray daemons and actors), sampled every 0.2 s.
 Ratios are taken within one run of this script (these machines are noisy). Usage:
 
-    .venv/bin/python bench/scale.py [--sites 10,30,100,300,1000] [--configs loop,batched,flower-node,flower-group]
-        [--nodes 4] [--batching auto] [--rounds 5] [--warmup 2] [--device cpu] [--width 32] [--precision float32]
+    .venv/bin/python bench/scale.py [--sites 10,30,100,300,1000]
+        [--configs loop,batched,flower-node,flower-group,flower-preagg] [--nodes 4] [--batching auto]
+        [--rounds 5] [--warmup 2] [--device cpu] [--width 32] [--precision float32]
         [--flower-node-max 100]
         [--out bench/results/scale.json]
 
@@ -36,11 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 from flower_overhead import time_rounds  # noqa: E402  (this folder: the same timed loop for every engine)
 
-CONFIGS = ("loop", "batched", "flower-node", "flower-group")
+CONFIGS = ("loop", "batched", "flower-node", "flower-group", "flower-preagg")
 
 
 def scenario_for(sites: int, per_node: int, batching: str, device: str, engine: str, width: int = 32,
-                 precision: str = "float32"):
+                 precision: str = "float32", pre_aggregate: bool = False):
     """The benchmark's scenario at `sites` sites."""
     from fedgan.scenario import scenario_from_dict
 
@@ -48,7 +50,7 @@ def scenario_for(sites: int, per_node: int, batching: str, device: str, engine: 
     return scenario_from_dict({
         "name": f"scale-{sites}", "seed": 0,
         "data": {"name": "fashion_mnist"},
-        "sites": {"count": sites, "per-node": per_node},
+        "sites": {"count": sites, "per-node": per_node, "pre-aggregate": pre_aggregate},
         "partition": {"scheme": "dirichlet", "alpha": 0.3, "min-size": min_size},
         "model": {"architecture": "dcgan", "latent-dim": 64, "width": width},
         "training": {"rounds": 1000, "batch-size": 64, "lr-generator": 1e-3},
@@ -67,7 +69,7 @@ def run_one(config: str, sites: int, args: argparse.Namespace) -> list[float]:
     group_size = per_node(config, sites, args.nodes)
     scenario = scenario_for(sites, group_size, args.batching, args.device,
                             "inprocess" if config == "loop" else "batched" if config == "batched" else "flower",
-                            args.width, args.precision)
+                            args.width, args.precision, config == "flower-preagg")
     if config == "loop":
         from fedgan.engine import InProcessEngine
 
@@ -160,7 +162,8 @@ def measure(config: str, sites: int, args: argparse.Namespace) -> dict:
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """Within-run ratios at each size: every configuration against ``batched`` (the issue's yardstick)."""
+    """Within-run ratios at each size: every configuration against ``batched`` (the issue's yardstick), and
+pre-aggregating nodes against plain ones."""
     rows = []
     by = {(r["config"], r["sites"]): r for r in results if "median_s_per_round" in r}
     for sites in sorted({r["sites"] for r in results}):
@@ -170,6 +173,10 @@ def ratios(results: list[dict]) -> list[dict]:
             if base and other and config != "batched":
                 rows.append({"sites": sites, "ratio": f"{config} / batched",
                              "value": other["median_s_per_round"] / base["median_s_per_round"]})
+        grouped, pre = by.get(("flower-group", sites)), by.get(("flower-preagg", sites))
+        if grouped and pre:  # what answering as one equivalent site per node costs or saves
+            rows.append({"sites": sites, "ratio": "flower-preagg / flower-group",
+                         "value": pre["median_s_per_round"] / grouped["median_s_per_round"]})
     return rows
 
 
