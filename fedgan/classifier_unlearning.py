@@ -58,10 +58,10 @@ class ClassifierUnlearningOptions:
     # ---- finetune: Adam steps on retained data only ----
     finetune_steps: int = 100
     # ---- fnn: forgetting layers after every ReLU, decay then rehearse (RECONSTRUCTION) ----
-    fnn_type: str = "varying-ranked"
-    fnn_iterations: int = 20
+    fnn_type: str = "fixed-all"  # the generator side's best type too (bench/README.md, issue 18)
+    fnn_iterations: int = 10  # 10 × 5 rehearsal steps: chosen in bench/README.md ("Choosing fnn's iterations")
     fnn_rehearse_steps: int = 5
-    fnn_tau: float = DEFAULT_TAU  # with 20 iterations φ ends at e^-1; τ = 5 on the "all" types silences the net
+    fnn_tau: float = DEFAULT_TAU  # with 10 iterations φ ends at e^-0.5; τ = 5 on the "all" types silences the net
     fnn_tau_min: float = DEFAULT_TAU_MIN
     fnn_tau_max: float = DEFAULT_TAU_MAX
     fnn_fraction: float = DEFAULT_FRACTION

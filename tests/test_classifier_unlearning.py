@@ -90,9 +90,9 @@ def test_method_reaches_retrain_forget_accuracy_and_keeps_retained_accuracy(rows
 
 @pytest.mark.parametrize("layer_type", ["fixed-ranked", "varying-ranked", "fixed-all", "varying-all"])
 def test_forgetting_layers_forget_where_the_same_rehearsal_alone_does_not(trained, task, rows, layer_type):
-    # Prepare: fnn rehearses for 20 × 5 = 100 steps, as many as finetune takes
+    # Prepare: fnn rehearses for 10 × 5 = 50 steps, no more than finetune takes (100)
     options = replace(OPTIONS, fnn_type=layer_type)
-    assert options.fnn_iterations * options.fnn_rehearse_steps == options.finetune_steps
+    assert options.fnn_iterations * options.fnn_rehearse_steps <= options.finetune_steps
 
     # Execute
     (row,) = compare(["fnn"], trained, task, options=options)
@@ -226,7 +226,7 @@ def test_requests_and_methods_reject_bad_names(data):
 
 @pytest.mark.parametrize("layer_type", ["fixed-all", "fixed-ranked", "varying-all", "varying-ranked"])
 def test_fnn_variant_uses_its_own_layer_type_whatever_the_options_say(rows, layer_type):
-    # Assert: OPTIONS leaves fnn_type at its default (varying-ranked); each variant keeps its own
+    # Assert: OPTIONS leaves fnn_type at its default (fixed-all); each variant keeps its own
     row = rows[f"fnn-{layer_type}"]
     assert row["fnn_type"] == layer_type
     assert row["forget_accuracy"] <= 0.05
