@@ -16,6 +16,7 @@ import torch
 
 from fedgan.evaluation.classifier import Evaluator, load_or_train_evaluator
 from fedgan.evaluation.forgetting import (
+    auc_stderr,
     downstream_accuracy,
     forget_class_rate,
     membership_inference,
@@ -48,6 +49,24 @@ def stripes_evaluator(tmp_path_factory: pytest.TempPathFactory) -> Evaluator:
 
 
 # ---- roc_auc ----
+
+@pytest.mark.parametrize("shift", [0.0, 1.0])
+def test_auc_stderr_matches_the_spread_of_auc_over_repeated_samples(shift):
+    # Prepare: 400 repetitions of 64 "forgotten" scores against 1,000 non-members (the item scenario's sizes).
+    rng = np.random.default_rng(0)
+    aucs = [roc_auc(rng.normal(shift, 1.0, 64), rng.normal(0.0, 1.0, 1000)) for _ in range(400)]
+
+    # Execute
+    predicted = auc_stderr(float(np.mean(aucs)), 64, 1000)
+
+    # Assert: Hanley-McNeil's exponential approximation is exact enough at chance and errs on the safe side (up to
+    # a quarter too large) for separated Gaussian scores; about 0.037 at chance.
+    assert 0.9 * float(np.std(aucs)) < predicted < 1.3 * float(np.std(aucs))
+    if shift == 0.0:
+        assert 0.03 < predicted < 0.045
+    with pytest.raises(ValueError, match="auc_stderr"):
+        auc_stderr(0.5, 0, 10)
+
 
 def test_roc_auc_is_one_when_separated_and_zero_when_reversed():
     # Prepare

@@ -13,7 +13,8 @@ from fedgan.evaluation.forgetting import with_retrain_gap
 from fedgan.forget import ForgetRequest
 
 CERTIFIED = ("forget_class_rate", "forget_class_rate_unasked", "forget_class_rate_asked", "fid_lenet_retained",
-             "kid_retained", "downstream_accuracy", "mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember",
+             "kid_retained", "downstream_accuracy", "mia_auc_forget_vs_nonmember",
+             "mia_auc_forget_vs_nonmember_stderr", "mia_auc_member_vs_nonmember",
              "mia_auc_forget_vs_member", "mia_tpr_at_1pct_fpr_forget", "mia_tpr_at_0.1pct_fpr_forget",
              "mia_tpr_at_1pct_fpr_member", "mia_sizes", "lira_auc_forget_vs_nonmember", "lira_auc_member_vs_nonmember",
              "lira_tpr_at_1pct_fpr_forget", "lira_tpr_at_0.1pct_fpr_forget", "class_histogram",
