@@ -17,7 +17,7 @@ and issue 18's targets, PASS/MISS) and `fnn-compare.png` (forget and retained me
 into the out folder, and prints the markdown.
 
     FEDGAN_CACHE=/tmp/fcache .venv/bin/python bench/fnn_compare.py scenarios/fnn-compare.toml [--out runs/fnn-compare]
-        [--methods M,...] [--skip-federation] [--reuse] [--classifier-option KEY=VALUE ...]
+        [--methods M,...] [--seed N] [--skip-federation] [--reuse] [--classifier-option KEY=VALUE ...]
 
 `--skip-federation` runs setting (a) alone (no GAN, no evaluator); `--methods a,b` replaces the GAN methods;
 `--classifier-option key=value` (repeatable) sets a `ClassifierUnlearningOptions` field for both classifier settings.
@@ -391,6 +391,7 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help="comma-separated GAN methods (default: [unlearning] methods)")
     parser.add_argument("--skip-federation", action="store_true", help="classifier setting (a) only")
     parser.add_argument("--request", type=int, default=0, help="which [[forget]] entry to serve (0: the first)")
+    parser.add_argument("--seed", type=int, default=None, help="the scenario with another seed")
     parser.add_argument("--reuse", action="store_true",
                         help="take the trained federation and the retrain from an earlier call's --out")
     parser.add_argument("--classifier-option", action="append", default=[], metavar="KEY=VALUE",
@@ -398,6 +399,8 @@ def main() -> None:
                              "e.g. epochs=10 or fnn_iterations=5")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
+    if args.seed is not None:
+        scenario = scenario.replace(seed=args.seed)
     out = Path(args.out or f"runs/fnn-compare-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     request = scenario.forget[args.request]
