@@ -138,11 +138,12 @@ class UnlearningConfig:
     One stage = `stage_d_steps` D steps at each requesting site, then `stage_g_rounds` normal UA rounds of G, with
     G's learning rate multiplied by `generator_lr_scale` while a method runs (the server's share of the request).
     `fake_label` is y_fake, a number in [0, 1] or ``"generated"`` (mean D on the stage's synthetic batch).
-    `drop_class_weight`: for class requests, the server zeroes the requesting sites' weights for the class
-    (w_s(c) -> 0) before the cascade instead of after it. `partial` ([unlearning.partial], TOML keys): what a batch
-    holding a partial class request (a class some other site keeps) is served with instead (`for_batch`);
-    `PARTIAL_RECIPE` unless the scenario gives the table (an empty table: partial requests use [unlearning] as is).
-    The first method listed (other than retrain) is the one
+    `item_stage_passes`: in a batch of item requests only, each fake-label stage runs at least that many passes
+    over a site's forgotten items (`UnlearningJob.stage_steps`). `drop_class_weight`: for class requests, the
+    server zeroes the requesting sites' weights for the class (w_s(c) -> 0) before the cascade instead of after it.
+    `partial` ([unlearning.partial], TOML keys): what a batch holding a partial class request (a class some other
+    site keeps) is served with instead (`for_batch`); `PARTIAL_RECIPE` unless the scenario gives the table (an
+    empty table: partial requests use [unlearning] as is). The first method listed (other than retrain) is the one
     the federation continues from; `retrain` is the gold standard every other method is compared with.
 
     Proofs (`fedgan.unlearning.proof`): the other methods, retrain and every measurement run on `proof_workers`
@@ -156,6 +157,11 @@ class UnlearningConfig:
     methods: tuple[str, ...] = ("cascaded", "retrain")
     stages: int = 5
     stage_d_steps: int = 10
+    # Item-only batches: each fake-label stage passes over a site's forgotten items at least this many times
+    # (max(stage-d-steps, ceil(passes * |F_s| / batch)) steps; 0: stage-d-steps as is). 10 steps pass over 64 items
+    # ten times but over 800 items 0.8 times, which left the attack's gap to retrain in place (bench/README.md,
+    # issue 17, "Large item requests").
+    item_stage_passes: float = 3.0
     stage_g_rounds: int = 2
     generator_lr_scale: float = 1.0
     weight: float = 1.0
@@ -494,6 +500,8 @@ def _validate_unlearning_config(u: UnlearningConfig) -> None:
     _require(0 < u.fnn_tau_min <= u.fnn_tau_max, "unlearning.fnn-tau-min",
              f"got fnn-tau-min {u.fnn_tau_min}, fnn-tau-max {u.fnn_tau_max}", "use 0 < fnn-tau-min <= fnn-tau-max")
     _require(0 < u.fnn_fraction <= 1, "unlearning.fnn-fraction", f"got {u.fnn_fraction}", "use a share in (0, 1]")
+    _require(u.item_stage_passes >= 0, "unlearning.item-stage-passes", f"got {u.item_stage_passes}",
+             "use 0 (stage-d-steps as is) or a positive number of passes over the forgotten items")
     _require(u.weight >= 0, "unlearning.weight", f"got {u.weight}", "use a non-negative weight (λ)")
     _require(u.impair_lr_scale > 0, "unlearning.impair-lr-scale", f"got {u.impair_lr_scale}", "use a positive factor")
     _require(u.generator_lr_scale > 0, "unlearning.generator-lr-scale", f"got {u.generator_lr_scale}",

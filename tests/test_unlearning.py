@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -555,3 +556,33 @@ def _labels_and_positions(scenario):
     from fedgan.engine import load_federation_data
 
     return load_federation_data(scenario).train.labels.numpy(), site_positions(scenario)
+
+
+@pytest.mark.parametrize("passes, steps_per_stage", [(0.0, 2), (3.0, 4), (1.0, 2)])
+def test_an_item_stage_passes_over_the_forgotten_items_as_often_as_item_stage_passes_asks(
+        tmp_path, passes, steps_per_stage):
+    # Prepare: site 1 forgets 20 items, batch 16, stage-d-steps 2: 3 passes need ceil(3 * 20 / 16) = 4 steps per
+    # stage; 1 pass needs 2 (stage-d-steps already gives it); 0 leaves stage-d-steps as is.
+    items = site_items(tiny_scenario(), 1, 20)
+    scenario = forget_scenario(["cascaded", "retrain"], [{"site": 1, "items": items, "round": 2}])
+    scenario = scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, item_stage_passes=passes))
+
+    # Execute
+    (entry,) = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)["unlearning"]
+
+    # Assert: 2 G rounds drive the 3 sites' D once each; the 2 stages add their steps at the requesting site.
+    assert entry["site_d_steps"] == 2 * 3 + 2 * steps_per_stage
+
+
+def test_a_class_request_keeps_stage_d_steps_whatever_item_stage_passes_says():
+    # A class request's forget set is a whole class: passes over it would multiply the stage many times over.
+    scenario = tiny_scenario(unlearning={"item-stage-passes": 50.0})
+    klass = held_class(scenario, 0)
+    ids = np.asarray(_ids_of_class(scenario, 0, klass))
+    job = UnlearningJob(None, None, {0: ids}, (klass,), scenario.unlearning, lambda i: i)
+    assert job.stage_steps(0) == scenario.unlearning.stage_d_steps
+
+
+def test_a_negative_item_stage_passes_is_refused_naming_the_key():
+    with pytest.raises(ScenarioError, match="unlearning.item-stage-passes"):
+        tiny_scenario(unlearning={"item-stage-passes": -1.0})

@@ -9,7 +9,8 @@ snapshot and measures each; the method marked `reference` (retrain) is the one t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,12 +63,25 @@ class UnlearningJob:
                           if key.startswith("site_"))
         return int(self.rounds_used * per_round + stage_steps)
 
-    def site_stage(self, options: UnlearnStageOptions, stage: int) -> dict[int, dict[str, float]]:
-        """One site-side stage at every requesting site, all in one engine call (concurrent under Flower)."""
+    def stage_steps(self, site: int) -> int:
+        """A fake-label stage's D steps at `site`: `stage-d-steps`, raised in a batch of item requests only so that
+        the stage passes over the site's forgotten items `item-stage-passes` times (one forget batch per step)."""
+        steps = self.config.stage_d_steps
+        if self.forget_classes or self.config.item_stage_passes <= 0:
+            return steps
+        batch = self.server.scenario.training.batch_size
+        passes = self.config.item_stage_passes * len(self.forget_ids[site]) / batch
+        return max(steps, math.ceil(passes - 1e-9))
+
+    def site_stage(self, options: UnlearnStageOptions | Mapping[int, UnlearnStageOptions], stage: int
+                   ) -> dict[int, dict[str, float]]:
+        """One site-side stage at every requesting site, all in one engine call (concurrent under Flower);
+        `options` is one set for all of them or one per site."""
         batch = self.server.scenario.training.batch_size
         labels = self.server.sample_labels(batch, self.server.rng) if self.server.conditional else None
         fake = self.server.sample(batch, f"unlearn-stage-{stage}-{self.rounds_used}", labels)
-        orders = {site: StageOrder(ids, fake, labels, options) for site, ids in self.forget_ids.items()}
+        per_site = options if isinstance(options, Mapping) else dict.fromkeys(self.forget_ids, options)
+        orders = {site: StageOrder(ids, fake, labels, per_site[site]) for site, ids in self.forget_ids.items()}
         stats = self.engine.unlearn(orders)
         fault_point("cascade")  # the requesting sites have changed, G has not followed
         self.stage_stats.append({"stage": stage, **{f"site_{s}": v for s, v in stats.items()}})

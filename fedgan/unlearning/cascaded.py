@@ -23,10 +23,12 @@ from fedgan.site_unlearning import UnlearnStageOptions
 from fedgan.unlearning.base import UnlearningJob, UnlearningMethod, register_method
 
 
-def stage_options(job: UnlearningJob, fake_label: Any) -> UnlearnStageOptions:
-    """The site-side stage of the fake-label family with this job's settings."""
+def stage_options(job: UnlearningJob, fake_label: Any) -> dict[int, UnlearnStageOptions]:
+    """Per requesting site, the site-side stage of the fake-label family with this job's settings (its step count
+    from `UnlearningJob.stage_steps`)."""
     c = job.config
-    return UnlearnStageOptions(kind="fake_label", steps=c.stage_d_steps, weight=c.weight, fake_label=fake_label)
+    return {site: UnlearnStageOptions(kind="fake_label", steps=job.stage_steps(site), weight=c.weight,
+                                      fake_label=fake_label) for site in job.forget_ids}
 
 
 def run_cascade(job: UnlearningJob, fake_label: Any) -> None:
