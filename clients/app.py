@@ -257,12 +257,14 @@ def unlearn(msg: Message, context: Context) -> Message:
     arrays = msg.content[P.ARRAYS]
     fake, labels = _tensor(arrays, P.FAKE), _tensor(arrays, P.LABELS)
     ids, sites = _array(arrays, P.FORGET_IDS, np.int64), _array(arrays, P.FORGET_SITES, np.int64)
-    options = UnlearnStageOptions(**json.loads(str(msg.content[P.CONFIG][P.STAGE_JSON])))
+    options = {int(site): UnlearnStageOptions(**value)
+               for site, value in json.loads(str(msg.content[P.CONFIG][P.STAGE_JSON])).items()}
+    requests = {index: (ids[sites == site_id], options[site_id])
+                for index, site_id in enumerate(group.site_ids) if np.any(sites == site_id)}
     stats: dict[str, float] = {}
-    for index, site_id in enumerate(group.site_ids):
-        if np.any(sites == site_id):
-            for key, value in group.unlearn_stage(index, fake, labels, ids[sites == site_id], options).items():
-                stats[f"{site_id}/{key}"] = value
+    for index, values in group.unlearn_stages(fake, labels, requests).items():
+        for key, value in values.items():
+            stats[f"{group.site_ids[index]}/{key}"] = value
     _save_group(context, group)
     return Message(RecordDict({P.METRICS: MetricRecord(stats)}), reply_to=msg)
 

@@ -37,6 +37,14 @@ def group_sizes(num_sites: int, per_node: int) -> list[int]:
     return [min(size, num_sites - start) for start in range(0, num_sites, size)]
 
 
+def _by_batch(orders: dict[int, StageOrder]) -> dict[int, dict[int, StageOrder]]:
+    """Orders grouped by the synthetic batch they carry (one stage sends one batch to all its sites)."""
+    grouped: dict[int, dict[int, StageOrder]] = {}
+    for index, order in orders.items():
+        grouped.setdefault(id(order.fake), {})[index] = order
+    return grouped
+
+
 class BatchedEngine:
     """All sites in site groups in this process; a round is one batched call per group."""
 
@@ -98,14 +106,22 @@ class BatchedEngine:
             self._site(site_id)[2].shard.forget(ids)
 
     def unlearn(self, orders: dict[int, StageOrder]) -> dict[int, dict[str, float]]:
+        """Each group's requesting sites in one call (`SiteGroup.unlearn_stages`: stacked under ``vmap``)."""
+        by_group: dict[int, tuple[SiteGroup, dict[int, StageOrder]]] = {}
+        for site_id, order in orders.items():
+            group, index, _ = self._site(site_id)
+            by_group.setdefault(id(group), (group, {}))[1][index] = order
         stats = {}
         with site_threads(self.scenario):
-            for site_id, order in orders.items():
-                group, index, _ = self._site(site_id)
-                stats[site_id] = group.unlearn_stage(index, order.fake, order.fake_labels, order.forget_ids,
-                                                     order.options)
-                self.traffic.bytes_down += payload_bytes(order.fake, order.fake_labels)
-        return stats
+            for group, mine in by_group.values():
+                for same in _by_batch(mine).values():
+                    first = next(iter(same.values()))
+                    done = group.unlearn_stages(first.fake, first.fake_labels,
+                                                {k: (o.forget_ids, o.options) for k, o in same.items()})
+                    stats.update({group.site_ids[k]: v for k, v in done.items()})
+        for order in orders.values():
+            self.traffic.bytes_down += payload_bytes(order.fake, order.fake_labels)
+        return dict(sorted(stats.items()))
 
     def query_logits(self, site_id: int, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         group, index, _ = self._site(site_id)

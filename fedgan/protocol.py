@@ -18,7 +18,7 @@ SNAPSHOT = "train.snapshot"  # config: tag; the site copies its state under the 
 RESTORE = "train.restore"  # config: tag; the site returns to that copy
 DISCARD = "train.discard"  # config: tag; the site drops that copy (contexts travel with every message: keep them small)
 EXCLUDE = "train.exclude"  # arrays: ids; the site keeps them out of its real stream (substitution)
-UNLEARN = "train.unlearn"  # arrays: fake [+ labels], forget ids; config: stage options (JSON); reply: statistics
+UNLEARN = "train.unlearn"  # arrays: fake [+ labels], forget ids; config: stage options per site (JSON); reply: stats
 FORGET = "train.forget"  # arrays: ids; the site deletes them from its shard
 
 # Measurement (`query.*`: the site's state does not change). QUERY_LOGITS is the channel of the simulator's

@@ -8,8 +8,9 @@ one update over stacked tensors is still per-site Adam — but each site keeps i
 so sites whose counts diverge (unlearning stages, a site without real data) stay exact.
 
 What stays per site: the shard, its sampling and its random stream (`Site.shard`, `Site.rng`: index draws only),
-and the rare work of forget requests — an unlearning stage, a site's state for a checkpoint — which runs on the
-site's own `Site`. A member `Site` never holds a copy: its discriminator's parameters and its Adam moments are views
+and the rare work of forget requests that does not stack — a noise (UNSIR) or fnn stage, a site's state for a
+checkpoint — which runs on the site's own `Site`. Fake-label stages (the cascade's, `uniform`'s) at several sites
+of a group run stacked under ``vmap`` (`unlearn_stages`), each site with its own step count. A member `Site` never holds a copy: its discriminator's parameters and its Adam moments are views
 of the group's stacked tensors (`materialise`), so its own code — the per-site loop of ``loop`` batching, or an
 unlearning stage — updates the stacked state in place; `absorb` takes back what a state load replaced.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
@@ -29,7 +31,7 @@ from torch.nn import functional as F
 from fedgan.precision import autocast
 from fedgan.schedule import learning_rate_factor
 from fedgan.site import Site, SiteReply, to_cpu
-from fedgan.site_unlearning import UnlearnStageOptions
+from fedgan.site_unlearning import STAGE_PROBE_ITEMS, UnlearnStageOptions, mean_probability
 
 BATCHING = ("auto", "vmap", "loop")
 
@@ -106,6 +108,9 @@ class SiteGroup:
         active = torch.tensor([site.shard.has_real for site in self.sites])
         stats = torch.zeros(len(self.sites), 3)
         lr = self.options.lr * learning_rate_factor(self.options.lr_schedule, round_index, self.options.total_rounds)
+        for site in self.sites:  # the rate a later unlearning stage uses, as a Site's own round would leave it
+            for param_group in site.optimizer.param_groups:
+                param_group["lr"] = lr
         for _ in range(self.options.d_steps if bool(active.any()) else 0):
             stats = torch.where(active[:, None], self._discriminator_step(fake, labels, active, lr), stats)
         logits, input_grads = self._logits_and_input_grads(fake, labels)
@@ -193,11 +198,102 @@ class SiteGroup:
 
     def unlearn_stage(self, index: int, fake: torch.Tensor, fake_labels: torch.Tensor | None,
                       forget_ids: np.ndarray, options: UnlearnStageOptions) -> dict[str, float]:
-        """One unlearning stage at site `index`, run on its own `Site` (forget requests are rare and per site)."""
+        """One unlearning stage at site `index`, run on its own `Site`."""
         site = self.materialise(index)
         stats = site.unlearn_stage(fake, fake_labels, forget_ids, options)
         self.absorb(index)
         return stats
+
+    def unlearn_stages(self, fake: torch.Tensor, fake_labels: torch.Tensor | None,
+                       requests: Mapping[int, tuple[np.ndarray, UnlearnStageOptions]]) -> dict[int, dict[str, float]]:
+        """One unlearning stage at each requesting site (index -> its forget ids and stage options), all on the
+        same synthetic batch. With ``vmap`` batching, the fake-label stages (the cascade's and `uniform`'s) of
+        two or more sites run as one stacked computation, each site with its own step count, λ, y_fake, forget
+        and real streams; the other kinds (noise, fnn) run on each site's own `Site`."""
+        stacked = sorted(k for k, (_, options) in requests.items() if options.kind == "fake_label")
+        if self.batching != "vmap" or len(stacked) < 2:
+            stacked = []
+        stats = {}
+        if stacked:
+            stats.update(self._fake_label_stages(fake, fake_labels, {k: requests[k] for k in stacked}))
+        for index in sorted(set(requests) - set(stacked)):
+            stats[index] = self.unlearn_stage(index, fake, fake_labels, *requests[index])
+        return dict(sorted(stats.items()))
+
+    def _fake_label_stages(self, fake: torch.Tensor, fake_labels: torch.Tensor | None,
+                           requests: Mapping[int, tuple[np.ndarray, UnlearnStageOptions]]
+                           ) -> dict[int, dict[str, float]]:
+        """`fedgan.site_unlearning` fake-label stages of several sites as one stacked computation: per D step,
+        BCE(D(x_retain), 1) + BCE(D(x̂), 0) + λ·BCE(D(x_forget), y_fake) at every site still within its step count,
+        one backward, per-site Adam on the stacked tensors. Each site draws its forget batch, then its retained
+        batch, from its own stream, as its `Site` does, so the numbers are the per-site stage's."""
+        indices = sorted(requests)
+        sites = [self.sites[k] for k in indices]
+        options = [requests[k][1] for k in indices]
+        fake = fake.to(self.device, torch.float32)
+        fake_labels = fake_labels.to(self.device) if (fake_labels is not None and self.conditional) else None
+        forget_pos = [torch.from_numpy(site.shard.positions_of(requests[k][0])).to(self.device)
+                      for k, site in zip(indices, sites)]
+        probes = [positions[:STAGE_PROBE_ITEMS] for positions in forget_pos]
+        before = [mean_probability(site, probe) for site, probe in zip(sites, probes)]  # views of the stacked D
+        subset = torch.tensor(indices, device=self.device)
+        targets = self._stage_targets(fake, fake_labels, subset, options)
+        weights = torch.tensor([o.weight for o in options], device=self.device)
+        steps = [o.steps for o in options]
+        lr = float(sites[0].optimizer.param_groups[0]["lr"])  # the rate the sites' last round used
+        for step in range(max(steps)):
+            active = torch.tensor([step < count for count in steps])
+            grads = self._fake_label_gradients(fake, fake_labels, subset, sites, forget_pos, active, targets,
+                                               weights)
+            mask = torch.zeros(len(self.sites), dtype=torch.bool)
+            mask[subset.cpu()] = active
+            self._adam_step(grads, mask, lr)
+            for site, on in zip(sites, active.tolist()):
+                site.steps += int(on)
+        return {k: {"d_forget_before": b, "d_forget_after": mean_probability(site, probe), "fake_label": float(t),
+                    "steps": float(count)}
+                for k, site, probe, b, t, count in zip(indices, sites, probes, before, targets.tolist(), steps)}
+
+    @torch.no_grad()
+    def _stage_targets(self, fake: torch.Tensor, fake_labels: torch.Tensor | None, subset: torch.Tensor,
+                       options: list[UnlearnStageOptions]) -> torch.Tensor:
+        """Each stage's y_fake: its number, or ``"generated"``: the mean D(x̂) of that site's D on the batch."""
+        if any(o.fake_label == "generated" for o in options):
+            with self._autocast():
+                generated = torch.sigmoid(self._forward_shared({n: p[subset] for n, p in self.params.items()},
+                                                               fake, fake_labels)).mean(1).float()
+        return torch.stack([generated[i] if o.fake_label == "generated"
+                            else torch.tensor(float(o.fake_label), device=self.device)
+                            for i, o in enumerate(options)])
+
+    def _fake_label_gradients(self, fake, fake_labels, subset, sites, forget_pos, active, targets, weights
+                              ) -> dict[str, torch.Tensor]:
+        """The stage loss's gradient at every site of `subset` (zero where a site is done), full-size."""
+        batch = self.options.batch_size
+        forget, real, has_real = [], [], []
+        for site, positions, on in zip(sites, forget_pos, active.tolist()):
+            # A site past its step count draws nothing: its stream stays where its own stage left it.
+            forget.append(site.shard.sample_from(positions, batch, site.rng) if on else None)
+            has_real.append(bool(on and site.shard.has_real))
+            real.append(site.sample_real(batch) if has_real[-1] else None)
+        forget_x, forget_y, forget_mask = _stack_padded(forget)
+        real_x, real_y, _ = _stack_padded(real, like=forget)
+        params = {name: p[subset].detach().requires_grad_(True) for name, p in self.params.items()}
+        with self._autocast():
+            forget_logits = self._forward_each(params, forget_x, forget_y if self.conditional else None)
+            real_logits = self._forward_each(params, real_x, real_y if self.conditional else None)
+            fake_logits = self._forward_shared(params, fake, fake_labels)
+        forget_loss = F.binary_cross_entropy_with_logits(
+            forget_logits, targets[:, None].expand_as(forget_logits), reduction="none")
+        forget_loss = (forget_loss * forget_mask).sum(1) / forget_mask.sum(1).clamp(min=1)
+        real_term = F.softplus(-real_logits).mean(1) * torch.tensor(has_real, device=self.device)
+        loss = real_term + F.softplus(fake_logits).mean(1) + weights * forget_loss
+        grads = torch.autograd.grad((loss * active.to(self.device, loss.dtype)).sum(), list(params.values()))
+        full = {}
+        for (name, stacked), grad in zip(self.params.items(), grads):
+            full[name] = torch.zeros_like(stacked)
+            full[name][subset] = grad
+        return full
 
     def state_dict_of(self, index: int) -> dict[str, Any]:
         """A copy of site `index`'s state in `Site.state_dict` form (snapshots and checkpoints share one format)."""
@@ -296,6 +392,27 @@ class SiteGroup:
             saved["forgotten"] = {int(i) for i in saved["forgotten"].tolist()}
             saved["excluded"] = {int(i) for i in saved["excluded"].tolist()}
         self.load_group_state(state)
+
+
+def _stack_padded(batches: list[tuple[torch.Tensor, torch.Tensor | None] | None],
+                  like: list[tuple[torch.Tensor, torch.Tensor | None] | None] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per-site batches of unequal sizes (or None: a site that draws nothing) stacked to (K, B_max, ...), zeros
+    where a site has fewer items, with the mask of real entries (K, B_max). The padding is masked out of every
+    loss, so it changes no number; `like` supplies a shape when every batch is None."""
+    present = [b for b in batches if b is not None] or [b for b in (like or []) if b is not None]
+    width = max(len(b[0]) for b in present)
+    images = present[0][0].new_zeros((len(batches), width, *present[0][0].shape[1:]))
+    labels = (present[0][1].new_zeros((len(batches), width)) if present[0][1] is not None else None)
+    mask = images.new_zeros((len(batches), width))
+    for k, b in enumerate(batches):
+        if b is None:
+            continue
+        images[k, :len(b[0])] = b[0]
+        if labels is not None:
+            labels[k, :len(b[0])] = b[1]
+        mask[k, :len(b[0])] = 1.0
+    return images, labels, mask
 
 
 def _saved_form(state: dict[str, Any], on_cpu: bool) -> dict[str, Any]:

@@ -320,14 +320,16 @@ class FlowerEngine:
     def unlearn(self, orders: dict[int, StageOrder]) -> dict[int, dict[str, float]]:
         contents = {}
         for node, mine in self._by_node(orders).items():
-            first = next(iter(mine.values()))  # one stage: the same batch and options for every requesting site
+            first = next(iter(mine.values()))  # one stage: the same batch for every requesting site
             ids, sites = self._ids_and_sites({site: order.forget_ids for site, order in mine.items()})
             arrays = {P.FAKE: Array(first.fake.numpy()), P.FORGET_IDS: Array(ids), P.FORGET_SITES: Array(sites)}
             if first.fake_labels is not None:
                 arrays[P.LABELS] = Array(first.fake_labels.numpy())
             contents[node] = RecordDict({
                 P.ARRAYS: ArrayRecord(arrays),
-                P.CONFIG: ConfigRecord({P.STAGE_JSON: json.dumps(dataclasses.asdict(first.options))}),
+                # Per site: a stage's step count can differ between the sites of one node (item-stage-passes).
+                P.CONFIG: ConfigRecord({P.STAGE_JSON: json.dumps(
+                    {str(site): dataclasses.asdict(order.options) for site, order in mine.items()})}),
             })
         # One send for all requesting nodes: their stages run concurrently on the simulation's workers.
         stats: dict[int, dict[str, float]] = {}

@@ -157,11 +157,16 @@ def test_site_groups_under_flower_give_the_numbers_of_the_same_groups_in_process
     base = tiny_scenario(sites={"count": 5})
     labels = load_federation_data(base).train.labels.numpy()[site_positions(base)[2]]
     klass = int(np.bincount(labels).argmax())
+    # Then sites 0 and 1 (one node) forget 2 and 20 items: their stages take different step counts
+    # (item-stage-passes), which the node must get per site.
+    items = {j: [int(i) for i in load_federation_data(base).train.ids.numpy()[site_positions(base)[j][:n]]]
+             for j, n in ((0, 2), (1, 20))}
     scenario = tiny_scenario(
         sites={"count": 5, "per-node": 2}, model={"conditional": True},
         training={"rounds": 4, "site-weights": "per_class"},
         evaluation={"every": 0}, engine={"name": "flower", "num-cpus": 1, "batching": "vmap"}, unlearning=FORGET,
-        forget=[{"site": 2, "class": klass, "round": 2}])
+        forget=[{"site": 2, "class": klass, "round": 2}, {"site": 0, "items": items[0], "round": 3},
+                {"site": 1, "items": items[1], "round": 3}])
     wire_log: list[dict] = []
 
     # Execute
@@ -175,9 +180,13 @@ def test_site_groups_under_flower_give_the_numbers_of_the_same_groups_in_process
     a, b = _round_lines(tmp_path / "flower"), _round_lines(tmp_path / "batched")
     for key in ("generator_loss", "discriminator_loss", "d_aggregate"):
         np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=1e-4, atol=1e-5, err_msg=key)
-    (x,), (y,) = flower["unlearning"], batched["unlearning"]
+    (x, *x_items), (y, *y_items) = flower["unlearning"], batched["unlearning"]
     for side in ("before", "after", "retrain"):
         assert x["forget_class_rate"][side] == pytest.approx(y["forget_class_rate"][side], abs=1e-3), side
+    assert len(x_items) == len(y_items) == 2  # the item requests, served together
+    for a_item, b_item in zip(x_items, y_items):
+        assert a_item["site_d_steps"] == b_item["site_d_steps"]
+        assert a_item["fid_lenet_retained"]["after"] == pytest.approx(b_item["fid_lenet_retained"]["after"], rel=1e-3)
     assert flower["fid_lenet"] == pytest.approx(batched["fid_lenet"], rel=1e-3)
 
 

@@ -99,6 +99,43 @@ def test_a_group_keeps_each_site_exact_through_exclusion_forgetting_and_every_un
     assert len({float(t) for t in group.adam_steps}) == (2 if kind.startswith("fnn") else 3)
 
 
+@pytest.mark.parametrize("conditional", [False, True])
+def test_fake_label_stages_of_several_sites_run_stacked_with_each_sites_own_numbers(conditional):
+    # Prepare: four sites; three unlearn at once with different step counts, λ, y_fake (one "generated") and forget
+    # set sizes (12, 80 and 5 items: unequal forget batches), and one of them retains nothing (no real term).
+    scenario = tiny_scenario(sites={"count": 4}, model={"conditional": conditional},
+                             training={"r1-gamma": 1.0, "batch-size": 16})
+    reference = [build_site(scenario, j) for j in range(4)]
+    group = SiteGroup([build_site(scenario, j) for j in range(4)], "vmap")
+    rounds = batches(4, seed=2)
+    fake, labels = next(rounds)
+    assert_same_replies({s.site_id: s.train_round(fake, labels, 1) for s in reference},
+                        group.train_round(fake, labels, 1))
+    held = reference[3].shard.held_ids()
+    forget = {0: reference[0].shard.held_ids()[:12], 1: reference[1].shard.held_ids()[:80], 3: held}
+    options = {0: UnlearnStageOptions(steps=3, weight=1.0, fake_label=0.0),
+               1: UnlearnStageOptions(steps=5, weight=0.5, fake_label="generated"),
+               3: UnlearnStageOptions(steps=2, weight=2.0, fake_label=0.25)}
+    for sites in (reference, group.sites):
+        for k, ids in forget.items():
+            sites[k].shard.exclude(ids)
+
+    # Execute
+    expected = {k: reference[k].unlearn_stage(fake, labels, forget[k], options[k]) for k in forget}
+    got = group.unlearn_stages(fake, labels, {k: (forget[k], options[k]) for k in forget})
+
+    # Assert: the stage statistics, the step counts and every later round agree with the sites' own stages.
+    assert sorted(got) == sorted(expected)
+    for k in forget:
+        assert got[k] == pytest.approx(expected[k], abs=TOLERANCE), k
+    assert [s.steps for s in group.sites] == [s.steps for s in reference]
+    assert group.adam_steps.tolist() == [float(s.optimizer.state[next(s.discriminator.parameters())]["step"])
+                                         for s in reference]
+    for round_index, (fake, labels) in enumerate(rounds, start=2):
+        expected_round = {s.site_id: s.train_round(fake, labels, round_index) for s in reference}
+        assert_same_replies(expected_round, group.train_round(fake, labels, round_index))
+
+
 def test_group_state_round_trips_and_matches_the_site_state_format():
     # Prepare
     scenario = tiny_scenario()
