@@ -171,7 +171,8 @@ def test_auto_batching_is_vmap_on_a_gpu_and_the_loop_on_a_cpu():
 
 
 def test_the_batched_engine_runs_a_scenario_with_a_forget_request_as_inprocess_does(tmp_path):
-    # Prepare: unequal groups (4 sites in groups of 3 and 1), a class request at one site.
+    # Prepare: unequal groups (4 sites in groups of 3 and 1), a class request at one site and item requests at two
+    # more, served together: sites 0 and 1 of the first group run their stages stacked.
     base = tiny_scenario(sites={"count": 4}, training={"rounds": 4}, evaluation={"every": 0},
                          unlearning={**FAST_UNLEARNING, "methods": ["cascaded", "retrain"]})
     klass = held_class(base, 0)
@@ -179,7 +180,8 @@ def test_the_batched_engine_runs_a_scenario_with_a_forget_request_as_inprocess_d
     scenario = tiny_scenario(sites={"count": 4, "per-node": 3}, training={"rounds": 4}, evaluation={"every": 0},
                              engine={"batching": "vmap"},
                              unlearning={**FAST_UNLEARNING, "methods": ["cascaded", "retrain"]},
-                             forget=[{"site": 0, "class": klass, "round": 2}, {"site": 3, "items": items, "round": 2}])
+                             forget=[{"site": 0, "class": klass, "round": 2}, {"site": 3, "items": items, "round": 2},
+                                     {"site": 1, "items": site_items(base, 1, 4), "round": 2}])
     batched = scenario.replace(engine=scenario.engine.__class__(name="batched", device="cpu", batching="vmap"))
 
     # Execute
@@ -194,7 +196,7 @@ def test_the_batched_engine_runs_a_scenario_with_a_forget_request_as_inprocess_d
     ra, rb = rounds(tmp_path / "inprocess"), rounds(tmp_path / "batched")
     for key in ("generator_loss", "discriminator_loss", "d_aggregate"):
         np.testing.assert_allclose([r[key] for r in rb], [r[key] for r in ra], rtol=1e-4, atol=1e-5, err_msg=key)
-    assert b["engine"] == "batched" and len(a["unlearning"]) == len(b["unlearning"]) == 2
+    assert b["engine"] == "batched" and len(a["unlearning"]) == len(b["unlearning"]) == 3
     for x, y in zip(a["unlearning"], b["unlearning"]):
         for key in ("forget_class_rate", "fid_lenet_retained"):
             if key in x:
