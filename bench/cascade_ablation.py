@@ -85,8 +85,15 @@ def main() -> None:
     parser.add_argument("--redraw-items", action="store_true",
                         help="item requests: as many items, drawn (seeded) from the site's shard under this seed's "
                              "partition (for --seed: the scenario's item ids belong to its own seed's partition)")
+    parser.add_argument("--share-snapshots", type=int, default=None,
+                        help="[unlearning] share-snapshots for every side (retrain included) instead of the scenario's")
+    parser.add_argument("--share-spacing", type=int, default=None, help="[unlearning] share-spacing likewise")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
+    shares = {key: value for key, value in (("share_snapshots", args.share_snapshots),
+                                            ("share_spacing", args.share_spacing)) if value is not None}
+    if shares:
+        scenario = scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, **shares))
     if args.seed is not None:
         scenario = scenario.replace(seed=args.seed)
     out = Path(args.out or f"runs/ablation-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -109,7 +116,10 @@ def main() -> None:
         return federation.serve(unlearning, batch, out / name)[position]
 
     # ---------------- retrain once (the reference for every variant) ----------------
-    reference_file = out / "retrain.json"
+    # Retrain measured with the same share snapshots as the variants (`share-snapshots`): one file per setting.
+    u = scenario.unlearning
+    reference_file = out / ("retrain.json" if u.share_snapshots == 1
+                            else f"retrain-shares-{u.share_snapshots}x{u.share_spacing}.json")
     if args.reuse and reference_file.exists():
         reference = json.loads(reference_file.read_text())
     else:
@@ -122,6 +132,7 @@ def main() -> None:
                       "downstream_accuracy": reference["downstream_accuracy"]["after"],
                       "class_histogram": reference["class_histogram"]["after"]}), flush=True)
     retrain_shares = reference["class_histogram"]["after"]
+    retrain_single = reference.get("class_histogram_single", {}).get("after")
     for method in args.methods.split(","):
         for text in args.variant or DEFAULT_VARIANTS:
             # A variant is served as written, a partial request's batch included; "" is the scenario's own settings,
@@ -142,9 +153,13 @@ def main() -> None:
                     for side in ("before", "after")},
                 **{extra: {"before": entry[extra]["before"], "after": entry[extra]["after"],
                            "retrain": reference[extra]["after"]}
-                   for extra in ("forget_class_rate_unasked", "forget_class_rate_asked", "mia_tpr_at_1pct_fpr_forget",
-                                 "lira_auc_forget_vs_nonmember", "lira_tpr_at_1pct_fpr_forget")
+                   for extra in ("forget_class_rate_single", "forget_class_rate_unasked", "forget_class_rate_asked",
+                                 "mia_tpr_at_1pct_fpr_forget", "lira_auc_forget_vs_nonmember",
+                                 "lira_tpr_at_1pct_fpr_forget")
                    if isinstance(entry.get(extra), dict)},
+                **({"retained_share_l1_to_retrain_single": {
+                    side: retained_l1(entry["class_histogram_single"][side], retrain_single, request.forget_class)
+                    for side in ("before", "after")}} if retrain_single is not None else {}),
                 "class_histogram_after": entry["class_histogram"]["after"],
                 "rounds": entry["rounds"], "seconds": entry["seconds"],
                 "speedup_rounds": rounds / max(entry["rounds"], 1),

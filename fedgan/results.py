@@ -182,7 +182,8 @@ class RunRecorder:
         return summary
 
 
-REPORT_METRICS = ("forget_class_rate", "forget_class_rate_unasked", "forget_class_rate_asked", "fid_lenet_retained",
+REPORT_METRICS = ("forget_class_rate", "forget_class_rate_single", "forget_class_rate_unasked",
+                  "forget_class_rate_asked", "fid_lenet_retained",
                   "downstream_accuracy", "mia_auc_forget_vs_nonmember", "mia_auc_member_vs_nonmember",
                   "mia_tpr_at_1pct_fpr_forget", "mia_tpr_at_0.1pct_fpr_forget", "lira_auc_forget_vs_nonmember",
                   "lira_auc_member_vs_nonmember", "lira_tpr_at_1pct_fpr_forget", "lira_tpr_at_0.1pct_fpr_forget")
@@ -209,10 +210,16 @@ def unlearning_report(entries: list[dict[str, Any]]) -> str:
                 m = entry[key]
                 lines.append(f"| {key} | {_cell(m['before'])} | {_cell(m['after'])} | {_cell(m['retrain'])} "
                              f"| {_cell(m['gap_to_retrain'])} |")
-        distance = entry.get("retained_share_l1_to_retrain")
-        if distance and distance["after"] is not None:
-            lines.append(f"| retained shares, L1 to retrain | {_cell(distance['before'])} | "
-                         f"{_cell(distance['after'])} | 0.000 | {_cell(distance['after'])} |")
+        for suffix, label in (("", "retained shares, L1 to retrain"),
+                              ("_single", "retained shares, L1 to retrain (end-of-side snapshot)")):
+            distance = entry.get(f"retained_share_l1_to_retrain{suffix}")
+            if distance and distance["after"] is not None:
+                lines.append(f"| {label} | {_cell(distance['before'])} | "
+                             f"{_cell(distance['after'])} | 0.000 | {_cell(distance['after'])} |")
+        snapshots = entry.get("class_share_snapshots")
+        if isinstance(snapshots, dict) and snapshots.get("after"):
+            lines.append(f"\nClass shares: the mean of {snapshots['after']} snapshots per side (`share-snapshots`); "
+                         "`_single`: the snapshot at the end of each side.")
         cost = (f"{entry['seconds']:.1f} s, {entry['rounds']} generator rounds, {entry.get('site_d_steps', 0)} site D "
                 f"steps, {entry['bytes'] / 2**20:.1f} MiB")
         if "speedup_vs_retrain" in entry:

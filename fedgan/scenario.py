@@ -141,6 +141,8 @@ class UnlearningConfig:
     `item_stage_passes`: in a batch of item requests only, each fake-label stage runs at least that many passes
     over a site's forgotten items (`UnlearningJob.stage_steps`). `drop_class_weight`: for class requests, the
     server zeroes the requesting sites' weights for the class (w_s(c) -> 0) before the cascade instead of after it.
+    `share_snapshots`: a certificate's class shares are the mean over that many snapshots of each side (before,
+    every method, retrain), `share_spacing` plain UA rounds apart, run on the side's federation and then undone.
     `partial` ([unlearning.partial], TOML keys): what a batch holding a partial class request (a class some other
     site keeps) is served with instead (`for_batch`); `PARTIAL_RECIPE` unless the scenario gives the table (an
     empty table: partial requests use [unlearning] as is). The first method listed (other than retrain) is the one
@@ -181,6 +183,11 @@ class UnlearningConfig:
     lira_references: int = 8  # reference discriminators of the per-example attack (0: population attack only)
     lira_steps: int = 200  # D steps each reference trains for
     eval_samples: int = 10000  # class shares near 8 % then carry a standard error of 0.27 points
+    # Class shares (and the forget-class rate) averaged over this many snapshots, `share-spacing` plain rounds apart,
+    # on every side of a certificate (ours; 1: the one snapshot at the end of each side). A GAN's class shares
+    # wander from round to round by as much as the gaps certified (bench/README.md, "How far class shares wander").
+    share_snapshots: int = 1
+    share_spacing: int = 10
     downstream_samples: int = 3000
     downstream_epochs: int = 2
     membership_attack: bool = True  # item requests: the simulated attacker's query.logits channel (off: no MIA)
@@ -386,6 +393,8 @@ def validate(s: Scenario) -> None:
     _require(s.sites.per_node >= 1, "sites.per-node", f"got {s.sites.per_node}", "use 1 or more sites per node")
     limit = s.data.train_limit
     _require(limit is None or limit >= 1, "data.train-limit", f"got {limit}", "use a positive number of items")
+    _require(limit is None or limit >= s.sites.count, "data.train-limit",
+             f"got {limit}, fewer items than the {s.sites.count} sites", "keep at least one item per site")
     _one_of(s.model.architecture, ARCHITECTURES, "model.architecture")
     _require(s.model.latent_dim >= 1, "model.latent-dim", f"got {s.model.latent_dim}", "use a positive integer")
     _require(s.model.width >= 4, "model.width", f"got {s.model.width}", "use an integer of at least 4")
@@ -483,7 +492,7 @@ def _validate_unlearning_config(u: UnlearningConfig) -> None:
     for name in u.methods:
         _one_of(name, METHODS, "unlearning.methods")
     for key in ("stages", "stage_d_steps", "mia_size", "mia_nonmembers", "eval_samples", "downstream_samples",
-                "downstream_epochs", "lira_steps"):
+                "downstream_epochs", "lira_steps", "share_snapshots", "share_spacing"):
         value = getattr(u, key)
         _require(value >= 1, f"unlearning.{_toml_key(key)}", f"got {value}", "use a positive integer")
     for key in ("stage_g_rounds", "relearn_rounds", "repair_rounds", "noise_steps"):

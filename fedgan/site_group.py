@@ -10,9 +10,10 @@ so sites whose counts diverge (unlearning stages, a site without real data) stay
 What stays per site: the shard, its sampling and its random stream (`Site.shard`, `Site.rng`: index draws only),
 and the rare work of forget requests that does not stack — a noise (UNSIR) or fnn stage, a site's state for a
 checkpoint — which runs on the site's own `Site`. Fake-label stages (the cascade's, `uniform`'s) at several sites
-of a group run stacked under ``vmap`` (`unlearn_stages`), each site with its own step count. A member `Site` never holds a copy: its discriminator's parameters and its Adam moments are views
-of the group's stacked tensors (`materialise`), so its own code — the per-site loop of ``loop`` batching, or an
-unlearning stage — updates the stacked state in place; `absorb` takes back what a state load replaced.
+of a group run stacked under ``vmap`` (`unlearn_stages`), each site with its own step count. A member `Site`
+never holds a copy: its discriminator's parameters and its Adam moments are views of the group's stacked tensors
+(`materialise`), so its own code — the per-site loop of ``loop`` batching, or an unlearning stage — updates the
+stacked state in place; `absorb` takes back what a state load replaced.
 """
 from __future__ import annotations
 

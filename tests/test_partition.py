@@ -242,3 +242,10 @@ def test_unknown_scheme_or_option_names_the_partition_field(shapes, scheme: str,
     with pytest.raises(ScenarioError) as caught:
         partition_dataset(shapes, scheme, 3, seed=0, **options)
     assert caught.value.field == field
+
+
+def test_a_train_limit_below_the_site_count_is_refused_naming_train_limit() -> None:
+    from tests.conftest import tiny_scenario
+
+    with pytest.raises(ScenarioError, match="data.train-limit"):
+        tiny_scenario(data={"train-limit": 2})  # three sites

@@ -586,3 +586,67 @@ def test_a_class_request_keeps_stage_d_steps_whatever_item_stage_passes_says():
 def test_a_negative_item_stage_passes_is_refused_naming_the_key():
     with pytest.raises(ScenarioError, match="unlearning.item-stage-passes"):
         tiny_scenario(unlearning={"item-stage-passes": -1.0})
+
+
+def test_shares_averaged_over_snapshots_are_the_mean_of_later_rounds_and_leave_the_federation_unchanged(tmp_path):
+    # Prepare: one trained federation and a class request; the same measurement with 1 and with 3 snapshots.
+    scenario = tiny_scenario(unlearning=FAST_UNLEARNING)
+    averaged = scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, share_snapshots=3,
+                                                               share_spacing=2))
+    probe, server, engine, holdings, num_classes = _probe_and_server(scenario, tmp_path)
+    klass = held_class(scenario, 0)
+    resolution = resolve_request(ForgetRequest(site=0, forget_class=klass).with_id(), holdings, num_classes)
+    retained = [c for c in range(num_classes) if c != klass]
+    state = copy.deepcopy(server.state_dict())
+
+    # Execute: one snapshot; three (the federation continued 2 and 4 rounds); one again; then the shares of the
+    # federation actually continued by 2 and 4 rounds.
+    single = probe.measure(server, engine, [resolution], "before", retained)[0]
+    probe.config = averaged.unlearning
+    mean = probe.measure(server, engine, [resolution], "before", retained)[0]
+    probe.config = scenario.unlearning
+    again = probe.measure(server, engine, [resolution], "before", retained)[0]
+    unchanged = copy.deepcopy(server.state_dict())
+    later = []
+    for _ in range(2):
+        for _ in range(2):
+            server.step(engine)
+        later.append(probe.measure(server, engine, [resolution], "later", retained)[0]["class_histogram"])
+
+    # Assert: the measurement undid its rounds (the same numbers before and after it, the same G); the mean is
+    # that of the snapshot and the two later ones, for the shares and for the forget-class rate.
+    assert again == single
+    assert mean["class_histogram_single"] == single["class_histogram"]
+    assert mean["forget_class_rate_single"] == single["forget_class_rate"]
+    assert mean["class_share_snapshots"] == 3
+    expected = np.mean([single["class_histogram"], *later], axis=0)
+    np.testing.assert_allclose(mean["class_histogram"], expected, atol=1e-12)
+    assert mean["forget_class_rate"] == pytest.approx(float(expected[klass]))
+    assert mean["fid_lenet_retained"] == single["fid_lenet_retained"]  # quality is measured on the snapshot
+    assert unchanged["round"] == state["round"]
+    for name, _ in server.generator.named_parameters():  # (sampling in training mode moves batch-norm buffers)
+        torch.testing.assert_close(unchanged["generator"][name], state["generator"][name], rtol=0, atol=0)
+    torch.testing.assert_close(unchanged["rng"], state["rng"], rtol=0, atol=0)
+
+
+def test_a_certificate_with_share_snapshots_reports_both_the_mean_and_the_end_of_side_shares(tmp_path):
+    base = forget_scenario(["cascaded", "retrain"], [])
+    klass = held_class(base, 0)
+    scenario = tiny_scenario(training={"rounds": 4}, evaluation={"every": 0},
+                             unlearning={**FAST_UNLEARNING, "methods": ["cascaded", "retrain"],
+                                         "share-snapshots": 2, "share-spacing": 1},
+                             forget=[{"site": 0, "class": klass, "round": 2}])
+
+    (entry,) = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)["unlearning"]
+
+    for side in ("before", "after", "retrain"):
+        assert entry["class_share_snapshots"][side] == 2
+        assert len(entry["class_histogram_single"][side]) == len(entry["class_histogram"][side])
+    assert entry["retained_share_l1_to_retrain_single"]["after"] >= 0.0
+    assert "end-of-side snapshot" in (tmp_path / "unlearning.md").read_text()
+
+
+@pytest.mark.parametrize("key", ["share-snapshots", "share-spacing"])
+def test_share_snapshots_and_spacing_must_be_positive(key):
+    with pytest.raises(ScenarioError, match=f"unlearning.{key}"):
+        tiny_scenario(unlearning={key: 0})

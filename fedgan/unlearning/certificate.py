@@ -18,7 +18,9 @@ CERTIFIED = ("forget_class_rate", "forget_class_rate_unasked", "forget_class_rat
              "mia_auc_forget_vs_member", "mia_tpr_at_1pct_fpr_forget", "mia_tpr_at_0.1pct_fpr_forget",
              "mia_tpr_at_1pct_fpr_member", "mia_sizes", "lira_auc_forget_vs_nonmember", "lira_auc_member_vs_nonmember",
              "lira_tpr_at_1pct_fpr_forget", "lira_tpr_at_0.1pct_fpr_forget", "class_histogram",
-             "class_share_stderr")
+             "class_share_stderr",
+             # with `share-snapshots` > 1: the end-of-side snapshot beside the mean over snapshots
+             "class_histogram_single", "forget_class_rate_single", "class_share_snapshots")
 
 
 @dataclass
@@ -50,6 +52,9 @@ def certificate(request: ForgetRequest, index: int, before: dict[int, dict[str, 
     if reference is not None:
         entry["retained_share_l1_to_retrain"] = retained_share_distance(
             request, before[index], outcome.metrics[index], reference_metrics)
+        if "class_histogram_single" in reference_metrics:
+            entry["retained_share_l1_to_retrain_single"] = retained_share_distance(
+                request, before[index], outcome.metrics[index], reference_metrics, key="class_histogram_single")
     entry.update({"seconds": outcome.seconds, "rounds": outcome.rounds, "site_d_steps": d_steps(outcome),
                   "bytes": outcome.bytes, "details": outcome.details})
     entry["ran"] = where_and_when(outcome)  # proof workers overlap in time: the ledger shows it
@@ -76,12 +81,13 @@ def where_and_when(outcome: MethodOutcome) -> dict[str, Any]:
 
 
 def retained_share_distance(request: ForgetRequest, before: dict[str, Any], after: dict[str, Any],
-                            retrain: dict[str, Any]) -> dict[str, float | None]:
+                            retrain: dict[str, Any], key: str = "class_histogram") -> dict[str, float | None]:
     """L1 distance between the class shares of G's samples and retrain's, over the classes other than the
     request's (all classes for an item request): where the forgotten mass went, before and after the method.
-    A method that keeps what is retained leaves `after` no larger than `before`."""
+    A method that keeps what is retained leaves `after` no larger than `before`. `key`: the shares compared (the
+    mean over snapshots, or ``class_histogram_single``, the end-of-side snapshot)."""
     def distance(side: dict[str, Any]) -> float | None:
-        shares, reference = side.get("class_histogram"), retrain.get("class_histogram")
+        shares, reference = side.get(key), retrain.get(key)
         if shares is None or reference is None:
             return None
         kept = [c for c in range(len(shares)) if c != request.forget_class]

@@ -8,6 +8,7 @@ forgotten items F, retained members R and test non-members N, through the measur
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from fedgan.scenario import Scenario
 from fedgan.seeding import derive_seed, torch_generator
 
 CERTIFICATE_DRAW = "certificate"  # the seed tag of the certificate's latent draws
+SHARE_SNAPSHOT_TAG = "share-snapshots"  # the engine snapshot the later share snapshots start from and return to
 LIRA_FAKE_SAMPLES = 2048  # G's samples the reference discriminators are trained against
 
 
@@ -78,17 +80,46 @@ class ForgettingProbe:
         shared: dict[str, Any] = {"class_histogram": histogram,
                                   "class_share_stderr": share_stderr(histogram, len(fake))}
         shared.update(self._generator_metrics(server, fake, retained_classes))
+        later = self._later_histograms(server, engine) if c.share_snapshots > 1 else []
+        if later:  # the shares' mean over the snapshots; the end-of-side snapshot kept beside it
+            shared["class_histogram_single"] = histogram
+            shared["class_histogram"] = np.mean([histogram, *later], axis=0).tolist()
+            shared["class_share_snapshots"] = 1 + len(later)
         out: dict[int, dict[str, Any]] = {}
         for index, resolution in enumerate(batch):
             metrics = dict(shared)
             if resolution.forget_classes:
                 metrics["forget_class_rate"] = forget_class_rate(self.evaluator, fake, resolution.forget_classes)
+                if later:
+                    metrics["forget_class_rate_single"] = metrics["forget_class_rate"]
+                    metrics["forget_class_rate"] = float(np.mean(
+                        [sum(h[k] for k in resolution.forget_classes) for h in (histogram, *later)]))
                 if server.conditional:
                     metrics.update(self._conditional_rates(server, resolution.forget_classes, retained_classes))
             if resolution.request.kind == "items" and self.config.membership_attack:
                 metrics.update(self._membership(engine, server, resolution, index, forgotten_before or {}))
             out[index] = metrics
         return out
+
+    def _later_histograms(self, server: GeneratorServer, engine: SiteEngine) -> list[list[float]]:
+        """The class shares of `share-snapshots` − 1 later snapshots: the federation continued by `share-spacing`
+        plain UA rounds before each, on the same latent draw; then the server and every site return to where they
+        were, so the measurement changes nothing."""
+        c = self.config
+        saved = copy.deepcopy(server.state_dict())
+        engine.snapshot(SHARE_SNAPSHOT_TAG)
+        try:
+            histograms = []
+            for _ in range(c.share_snapshots - 1):
+                for _ in range(c.share_spacing):
+                    server.step(engine)
+                fake = server.sample(c.eval_samples, CERTIFICATE_DRAW)
+                histograms.append(class_histogram(self.evaluator, fake, self.splits.train.num_classes))
+            return histograms
+        finally:
+            engine.restore(SHARE_SNAPSHOT_TAG)
+            engine.discard(SHARE_SNAPSHOT_TAG)
+            server.load_state_dict(saved)
 
     def _conditional_rates(self, server: GeneratorServer, forget_classes: tuple[int, ...], retained: list[int]
                            ) -> dict[str, float]:
