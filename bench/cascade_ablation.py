@@ -153,7 +153,8 @@ def main() -> None:
                     for side in ("before", "after")},
                 **{extra: {"before": entry[extra]["before"], "after": entry[extra]["after"],
                            "retrain": reference[extra]["after"]}
-                   for extra in ("forget_class_rate_single", "forget_class_rate_unasked", "forget_class_rate_asked",
+                   for extra in ("forget_class_rate_single", "forget_class_rate_snapshot_sd", "class_share_snapshot_sd",
+                                 "forget_class_rate_unasked", "forget_class_rate_asked",
                                  "mia_tpr_at_1pct_fpr_forget", "lira_auc_forget_vs_nonmember",
                                  "lira_tpr_at_1pct_fpr_forget")
                    if isinstance(entry.get(extra), dict)},

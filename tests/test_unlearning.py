@@ -622,6 +622,9 @@ def test_shares_averaged_over_snapshots_are_the_mean_of_later_rounds_and_leave_t
     expected = np.mean([single["class_histogram"], *later], axis=0)
     np.testing.assert_allclose(mean["class_histogram"], expected, atol=1e-12)
     assert mean["forget_class_rate"] == pytest.approx(float(expected[klass]))
+    rates = [single["class_histogram"][klass], *(h[klass] for h in later)]
+    assert mean["forget_class_rate_snapshot_sd"] == pytest.approx(float(np.std(rates, ddof=1)))
+    assert mean["class_share_snapshot_sd"] >= mean["forget_class_rate_snapshot_sd"] - 1e-12
     assert mean["fid_lenet_retained"] == single["fid_lenet_retained"]  # quality is measured on the snapshot
     assert unchanged["round"] == state["round"]
     for name, _ in server.generator.named_parameters():  # (sampling in training mode moves batch-norm buffers)

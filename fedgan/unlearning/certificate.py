@@ -20,7 +20,8 @@ CERTIFIED = ("forget_class_rate", "forget_class_rate_unasked", "forget_class_rat
              "lira_tpr_at_1pct_fpr_forget", "lira_tpr_at_0.1pct_fpr_forget", "class_histogram",
              "class_share_stderr",
              # with `share-snapshots` > 1: the end-of-side snapshot beside the mean over snapshots
-             "class_histogram_single", "forget_class_rate_single", "class_share_snapshots")
+             "class_histogram_single", "forget_class_rate_single", "class_share_snapshots",
+             "class_share_snapshot_sd", "forget_class_rate_snapshot_sd")
 
 
 @dataclass

@@ -85,6 +85,8 @@ class ForgettingProbe:
             shared["class_histogram_single"] = histogram
             shared["class_histogram"] = np.mean([histogram, *later], axis=0).tolist()
             shared["class_share_snapshots"] = 1 + len(later)
+            # how far the shares move between snapshots: the largest standard deviation of a class share
+            shared["class_share_snapshot_sd"] = float(np.std([histogram, *later], axis=0, ddof=1).max())
         out: dict[int, dict[str, Any]] = {}
         for index, resolution in enumerate(batch):
             metrics = dict(shared)
@@ -92,8 +94,9 @@ class ForgettingProbe:
                 metrics["forget_class_rate"] = forget_class_rate(self.evaluator, fake, resolution.forget_classes)
                 if later:
                     metrics["forget_class_rate_single"] = metrics["forget_class_rate"]
-                    metrics["forget_class_rate"] = float(np.mean(
-                        [sum(h[k] for k in resolution.forget_classes) for h in (histogram, *later)]))
+                    rates = [sum(h[k] for k in resolution.forget_classes) for h in (histogram, *later)]
+                    metrics["forget_class_rate"] = float(np.mean(rates))
+                    metrics["forget_class_rate_snapshot_sd"] = float(np.std(rates, ddof=1))
                 if server.conditional:
                     metrics.update(self._conditional_rates(server, resolution.forget_classes, retained_classes))
             if resolution.request.kind == "items" and self.config.membership_attack:
