@@ -152,7 +152,7 @@ def main() -> None:
                     side: retained_l1(entry["class_histogram"][side], retrain_shares, request.forget_class)
                     for side in ("before", "after")},
                 **{extra: {"before": entry[extra]["before"], "after": entry[extra]["after"],
-                           "retrain": reference[extra]["after"]}
+                           "retrain": reference.get(extra, {}).get("after")}
                    for extra in ("forget_class_rate_single", "forget_class_rate_snapshot_sd", "class_share_snapshot_sd",
                                  "forget_class_rate_unasked", "forget_class_rate_asked",
                                  "mia_tpr_at_1pct_fpr_forget", "lira_auc_forget_vs_nonmember",
