@@ -37,14 +37,6 @@ def group_sizes(num_sites: int, per_node: int) -> list[int]:
     return [min(size, num_sites - start) for start in range(0, num_sites, size)]
 
 
-def _by_batch(orders: dict[int, StageOrder]) -> dict[int, dict[int, StageOrder]]:
-    """Orders grouped by the synthetic batch they carry (one stage sends one batch to all its sites)."""
-    grouped: dict[int, dict[int, StageOrder]] = {}
-    for index, order in orders.items():
-        grouped.setdefault(id(order.fake), {})[index] = order
-    return grouped
-
-
 class BatchedEngine:
     """All sites in site groups in this process; a round is one batched call per group."""
 
@@ -114,11 +106,10 @@ class BatchedEngine:
         stats = {}
         with site_threads(self.scenario):
             for group, mine in by_group.values():
-                for same in _by_batch(mine).values():
-                    first = next(iter(same.values()))
-                    done = group.unlearn_stages(first.fake, first.fake_labels,
-                                                {k: (o.forget_ids, o.options) for k, o in same.items()})
-                    stats.update({group.site_ids[k]: v for k, v in done.items()})
+                first = next(iter(mine.values()))  # one stage: the same batch for every requesting site
+                done = group.unlearn_stages(first.fake, first.fake_labels,
+                                            {k: (o.forget_ids, o.options) for k, o in mine.items()})
+                stats.update({group.site_ids[k]: v for k, v in done.items()})
         for order in orders.values():
             self.traffic.bytes_down += payload_bytes(order.fake, order.fake_labels)
         return dict(sorted(stats.items()))

@@ -109,9 +109,10 @@ class SiteGroup:
         active = torch.tensor([site.shard.has_real for site in self.sites])
         stats = torch.zeros(len(self.sites), 3)
         lr = self.options.lr * learning_rate_factor(self.options.lr_schedule, round_index, self.options.total_rounds)
-        for site in self.sites:  # the rate a later unlearning stage uses, as a Site's own round would leave it
-            for param_group in site.optimizer.param_groups:
-                param_group["lr"] = lr
+        if self.options.lr_schedule != "constant":  # the rate a later stage uses, as a Site's own round leaves it
+            for site in self.sites:
+                for param_group in site.optimizer.param_groups:
+                    param_group["lr"] = lr
         for _ in range(self.options.d_steps if bool(active.any()) else 0):
             stats = torch.where(active[:, None], self._discriminator_step(fake, labels, active, lr), stats)
         logits, input_grads = self._logits_and_input_grads(fake, labels)
