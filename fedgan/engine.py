@@ -191,12 +191,13 @@ def _load_cached(data_json: str) -> DatasetSplits:
 
 
 def site_positions(scenario: Scenario) -> list[np.ndarray]:
-    """Per site, the positions in the training split it holds (deterministic from the scenario seed)."""
+    """Per site, the positions in the training split it holds (deterministic from `partition.seed`, by default the
+    scenario's seed)."""
     key = {
         "data": dataclasses.asdict(scenario.data),
         "partition": dataclasses.asdict(scenario.partition),
         "sites": scenario.sites.count,
-        "seed": scenario.seed,
+        "seed": scenario.seed if scenario.partition.seed is None else scenario.partition.seed,
     }
     return _partition_cached(json.dumps(key, sort_keys=True))
 

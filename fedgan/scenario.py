@@ -71,6 +71,9 @@ class PartitionConfig:
     """How the training split is divided among sites (see fedgan.partition)."""
 
     scheme: str = "dirichlet"
+    # The partition's own seed (None: the scenario's `seed`). Fixing it while `seed` varies keeps every site's
+    # items and varies only training (inits, sampling): a seed study of one partition, e.g. retrain's own spread.
+    seed: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -241,7 +244,7 @@ class Scenario:
 
 
 # Tables whose free-form keys are passed on to a registry entry (loader or partitioner options).
-_OPTION_TABLES = {"data": ("name", "root", "train_limit", "classes"), "partition": ("scheme",)}
+_OPTION_TABLES = {"data": ("name", "root", "train_limit", "classes"), "partition": ("scheme", "seed")}
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "sites": SitesConfig, "partition": PartitionConfig, "model": ModelSpec,
     "training": TrainingConfig, "evaluation": EvaluationConfig, "engine": EngineConfig, "compare": CompareConfig,
@@ -447,6 +450,8 @@ def validate(s: Scenario) -> None:
              "list each seed once")
     _require(not s.compare.seeds or s.compare.aggregators, "compare.seeds", "given without compare.aggregators",
              'list the aggregators to compare, e.g. aggregators = ["ua", "avg"]')
+    _require(s.partition.seed is None or s.partition.seed >= 0, "partition.seed", f"got {s.partition.seed}",
+             "use a non-negative integer, or leave it out to partition with the scenario's seed")
     _validate_partition_options(s)
     _require(s.training.reply_limit > 0, "training.reply-limit", f"got {s.training.reply_limit}",
              "use a positive bound on |logit| and |input gradient| (1e4 by default)")
