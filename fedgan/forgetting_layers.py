@@ -57,6 +57,7 @@ class ForgettingLayer(nn.Module):
     """
 
     name: ClassVar[str]
+    uses_ranking: ClassVar[bool] = True  # False where `rank` changes nothing (a measuring pass can be skipped)
 
     def __init__(self, num_neurons: int, *, tau: float = DEFAULT_TAU, tau_min: float = DEFAULT_TAU_MIN,
                  tau_max: float = DEFAULT_TAU_MAX, fraction: float = DEFAULT_FRACTION) -> None:
@@ -135,6 +136,7 @@ class FixedAllForgetting(ForgettingLayer):
     """fixed-all: φ_i(t) = exp(−t/τ) for every neuron i, one τ (`tau`). Ranking changes nothing. RECONSTRUCTION."""
 
     name = "fixed-all"
+    uses_ranking = False
 
     def _apply_order(self, order: torch.Tensor, ranked: bool) -> None:
         self.selected.fill_(True)
@@ -384,7 +386,7 @@ def fnn_unlearn(
     """
     if iterations < 0 or rehearse_steps < 0:
         raise ValueError(f"iterations, rehearse_steps: got {iterations}, {rehearse_steps}, expected >= 0")
-    if forget_inputs is not None:
+    if forget_inputs is not None and any(layer.uses_ranking for layer in layers):  # fixed-all: ranking is moot
         rank_layers(layers, record_activity(model, layers, forget_inputs))
     optimizer = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
     was_training, batches, run = model.training, _cycle(retain_batches), FNNRun()

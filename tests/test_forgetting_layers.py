@@ -282,3 +282,23 @@ def test_fnn_unlearn_refuses_empty_retain_data():
     # Execute / Assert
     with pytest.raises(ValueError, match="retain batches"):
         fnn_unlearn(layered, layers, [], lambda net, batch: net(batch).sum(), iterations=1)
+
+
+@pytest.mark.parametrize("name", FORGETTING_LAYER_TYPES.names())
+def test_ranking_is_skipped_only_where_it_changes_nothing(name):
+    # Prepare: the same model unlearned with and without forget inputs to rank on
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    forget = [torch.randn(16, 3) * torch.tensor([3.0, 0.1, 1.0])]  # uneven activity: ranking has something to see
+    batches = [torch.randn(8, 3) for _ in range(2)]
+    runs = []
+    for inputs in (None, forget):
+        layered, layers = insert_forgetting_layers(model, name, torch.zeros(1, 3))
+        torch.manual_seed(1)
+        fnn_unlearn(layered, layers, batches, lambda net, b: net(b).pow(2).mean(), iterations=3,
+                    forget_inputs=inputs)
+        runs.append((layers[0].selected.clone(), layers[0].tau.clone(), layered(batches[0]).detach()))
+
+    # Assert: a type that ignores the ranking (and says so) ends identically; the others are ranked
+    same = all(torch.equal(a, b) for a, b in zip(*runs))
+    assert same == (not FORGETTING_LAYER_TYPES[name].uses_ranking)
