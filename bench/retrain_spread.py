@@ -83,6 +83,8 @@ def gaps(rows_file: Path, run: str | None, spread: dict[str, Any], forget_class:
     L1 of its retained shares to the retrains' mean shares."""
     found = []
     for line in rows_file.read_text().splitlines():
+        if not line.startswith("{"):  # a log's other lines
+            continue
         row = json.loads(line)
         if "method" not in row or (run is not None and row.get("run") != run):
             continue

@@ -220,6 +220,7 @@ def unlearning_report(entries: list[dict[str, Any]]) -> str:
         if isinstance(snapshots, dict) and snapshots.get("after"):
             lines.append(f"\nClass shares: the mean of {snapshots['after']} snapshots per side (`share-snapshots`); "
                          "`_single`: the snapshot at the end of each side.")
+        lines += _spread_lines(entry.get("retrain_spread"))
         cost = (f"{entry['seconds']:.1f} s, {entry['rounds']} generator rounds, {entry.get('site_d_steps', 0)} site D "
                 f"steps, {entry['bytes'] / 2**20:.1f} MiB")
         if "speedup_vs_retrain" in entry:
@@ -230,6 +231,25 @@ def unlearning_report(entries: list[dict[str, Any]]) -> str:
                      f"{entry.get('speedup_site_d_steps_vs_retrain', 0):.1f}× in site D steps")
         lines += ["", f"Cost: {cost}.", ""]
     return "\n".join(lines)
+
+
+def _spread_lines(spread: dict[str, Any] | None) -> list[str]:
+    """The `retrain_spread` of a certificate entry as a small table (none without `retrain-seeds` > 1)."""
+    if not spread:
+        return []
+    seeds = ", ".join(map(str, spread["training_seeds"]))
+    lines = ["", f"Retrain under {len(spread['training_seeds'])} training seeds ({seeds}; `retrain-seeds`):", "",
+             "| metric | retrains | mean ± sd | after | gap in sd |", "|---|---|---|---|---|"]
+    for key, m in spread.items():
+        if isinstance(m, dict) and "sd" in m:
+            values = ", ".join(_cell(v) for v in m["values"])
+            lines.append(f"| {key} | {values} | {_cell(m['mean'])} ± {_cell(m['sd'])} | {_cell(m['after'])} "
+                         f"| {_cell(m['after_gap_in_sd'])} |")
+    between = spread.get("retained_share_l1_between_retrains")
+    if between:
+        lines.append(f"| retained shares, L1 | between two retrains: {_cell(between['mean'])} (mean) | | "
+                     f"{_cell(spread.get('retained_share_l1_to_retrain_mean'))} (to their mean) | |")
+    return lines
 
 
 def mixture_markdown(reports: dict[str, dict[str, Any]]) -> str:

@@ -146,6 +146,7 @@ class UnlearningConfig:
     server zeroes the requesting sites' weights for the class (w_s(c) -> 0) before the cascade instead of after it.
     `share_snapshots`: a certificate's class shares are the mean over that many snapshots of each side (before,
     every method, retrain), `share_spacing` plain UA rounds apart, run on the side's federation and then undone.
+    `retrain_seeds`: retrain runs under that many training seeds on the run's partition (`retrain_spread`).
     `partial` ([unlearning.partial], TOML keys): what a batch holding a partial class request (a class some other
     site keeps) is served with instead (`for_batch`); `PARTIAL_RECIPE` unless the scenario gives the table (an
     empty table: partial requests use [unlearning] as is). The first method listed (other than retrain) is the one
@@ -191,6 +192,11 @@ class UnlearningConfig:
     # wander from round to round by as much as the gaps certified (bench/README.md, "How far class shares wander").
     share_snapshots: int = 1
     share_spacing: int = 10
+    # Retrain under this many training seeds (the run's seed, then seed + 1, ...; every one on the run's partition,
+    # `partition.seed`): the certificate's `retrain_spread` gives each metric's mean and standard deviation over
+    # them and each method's gap in those deviations (ours; 1: one retrain). Retrain is one draw of a random
+    # process, and the 1-point share targets are of the size of its seed-to-seed spread (bench/README.md).
+    retrain_seeds: int = 1
     downstream_samples: int = 3000
     downstream_epochs: int = 2
     membership_attack: bool = True  # item requests: the simulated attacker's query.logits channel (off: no MIA)
@@ -497,12 +503,15 @@ def _validate_unlearning_config(u: UnlearningConfig) -> None:
     for name in u.methods:
         _one_of(name, METHODS, "unlearning.methods")
     for key in ("stages", "stage_d_steps", "mia_size", "mia_nonmembers", "eval_samples", "downstream_samples",
-                "downstream_epochs", "lira_steps", "share_snapshots", "share_spacing"):
+                "downstream_epochs", "lira_steps", "share_snapshots", "share_spacing", "retrain_seeds"):
         value = getattr(u, key)
         _require(value >= 1, f"unlearning.{_toml_key(key)}", f"got {value}", "use a positive integer")
     for key in ("stage_g_rounds", "relearn_rounds", "repair_rounds", "noise_steps"):
         value = getattr(u, key)
         _require(value >= 0, f"unlearning.{_toml_key(key)}", f"got {value}", "use 0 or a positive integer")
+    _require(u.retrain_seeds == 1 or "retrain" in u.methods, "unlearning.retrain-seeds",
+             f"got {u.retrain_seeds} without retrain in unlearning.methods",
+             'add "retrain" to unlearning.methods, or leave retrain-seeds at 1')
     _require(u.lira_references == 0 or (u.lira_references >= 4 and u.lira_references % 2 == 0),
              "unlearning.lira-references", f"got {u.lira_references}",
              "use 0 (no per-example attack) or an even number >= 4 (half the references hold each target, and "

@@ -116,3 +116,38 @@ def test_auto_workers_is_one_per_proof_threads_of_the_machine():
     assert resolve_workers("auto", 3, cpus=8) == 2
     assert resolve_workers("auto", 4, cpus=2) == 1
     assert resolve_workers(3, 1, cpus=2) == 3
+
+
+def test_retrain_seeds_give_the_same_spread_in_line_and_on_workers_and_each_is_that_seeds_retrain(tmp_path, one_thread):
+    # Prepare: one class request, retrain under three training seeds (the scenario's 3, then 4 and 5).
+    klass = held_class(0)
+    requests = [{"site": 0, "class": klass, "round": 2}]
+
+    def spread_scenario(workers):
+        scenario = proof_scenario(workers, requests, methods=("cascaded", "retrain"))
+        return scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, retrain_seeds=3))
+
+    # Execute: in line, on two workers, and (the definition) a run of seed 4 on seed 3's partition, retrain alone
+    in_line = run_scenario(spread_scenario(0), tmp_path / "in-line")
+    on_workers = run_scenario(spread_scenario(2), tmp_path / "workers")
+    base = proof_scenario(0, requests, methods=("retrain",))
+    seed_4 = base.replace(seed=4, partition=dataclasses.replace(base.partition, seed=3))
+    alone = run_scenario(seed_4, tmp_path / "seed-4")
+
+    # Assert: the same certificates either way; the reference is the first of the spread, seed 4's retrain the second
+    assert without_timings(on_workers["unlearning"]) == without_timings(in_line["unlearning"])
+    (entry,) = in_line["unlearning"]
+    spread = entry["retrain_spread"]
+    assert spread["training_seeds"] == [3, 4, 5]
+    rates = spread["forget_class_rate"]["values"]
+    assert rates[0] == entry["forget_class_rate"]["retrain"]
+    assert rates[1] == alone["unlearning"][0]["forget_class_rate"]["after"]
+    assert len(set(spread["fid_lenet_retained"]["values"])) == 3  # three different federations
+    fid = spread["fid_lenet_retained"]
+    assert abs(fid["after_gap_in_sd"] - (entry["fid_lenet_retained"]["after"] - fid["mean"]) / fid["sd"]) < 1e-12
+    assert spread["retained_share_l1_between_retrains"]["values"] and spread["retained_share_l1_to_retrain_mean"] >= 0
+    report = (tmp_path / "in-line" / "unlearning.md").read_text()
+    assert "Retrain under 3 training seeds (3, 4, 5" in report and "| forget_class_rate |" in report
+    (view,) = ForgetLedger(tmp_path / "workers" / "ledger.jsonl").states().values()
+    assert {t["task"] for t in view["proof_tasks"]} == {"before", "cascaded", "retrain", "retrain-seed-4",
+                                                        "retrain-seed-5"}

@@ -653,3 +653,14 @@ def test_a_certificate_with_share_snapshots_reports_both_the_mean_and_the_end_of
 def test_share_snapshots_and_spacing_must_be_positive(key):
     with pytest.raises(ScenarioError, match=f"unlearning.{key}"):
         tiny_scenario(unlearning={key: 0})
+
+
+def test_retrain_seeds_needs_retrain_among_the_methods():
+    from fedgan.errors import ScenarioError
+    from tests.conftest import tiny_scenario
+
+    with pytest.raises(ScenarioError, match="unlearning.retrain-seeds"):
+        tiny_scenario(unlearning={"methods": ["cascaded"], "retrain-seeds": 2})
+    with pytest.raises(ScenarioError, match="unlearning.retrain-seeds"):
+        tiny_scenario(unlearning={"retrain-seeds": 0})
+    assert tiny_scenario(unlearning={"retrain-seeds": 3}).unlearning.retrain_seeds == 3

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedgan.datasets import DatasetSplits
 from fedgan.engine import SiteEngine
@@ -42,6 +43,7 @@ from fedgan.unlearning.proof import (
     run_proof,
     server_snapshot,
 )
+from fedgan.unlearning.retrain_spread import extra_training_seeds, is_spread_label, spread_label, with_training_seed
 
 LEDGER_FILE = "ledger.jsonl"
 
@@ -190,6 +192,8 @@ class ForgetService:
 
         tasks = [task(name, name, None, None) if METHODS[name].reference  # retrain starts from round 0
                  else task(name, name, saved, sites) for name in others]
+        tasks += self._spread_tasks(batch, round_index, number, retained, self.config.proof_threads,
+                                    proof_environment())
         tasks.sort(key=lambda t: t.server is not None)  # retrain, the longest, first
         tasks.append(task("before", None, saved, sites))
         job = self._job(server, engine, batch, round_index, retained)
@@ -220,7 +224,18 @@ class ForgetService:
         job = self._job(server, engine, batch, round_index, retained)
         outcomes[chosen] = run_method(METHODS[chosen](), job, self.probe, batch, retained)
         self._mark_done(batch, outcomes[chosen])
-        self._certify(number, batch, before, outcomes)
+        # retrain under the further training seeds: fresh federations of their own, this process's threads kept
+        spread = {t.label: run_proof(t) for t in self._spread_tasks(batch, round_index, number, retained,
+                                                                     torch.get_num_threads(), {})}
+        self._certify(number, batch, before, outcomes, spread=spread)
+
+    def _spread_tasks(self, batch: list[Resolution], round_index: int, number: int, retained: list[int],
+                      threads: int, environment: dict[str, str]) -> list[ProofTask]:
+        """One proof task per extra training seed of `retrain-seeds`: retrain from round 0 on the run's partition."""
+        return [ProofTask(number, spread_label(seed), "retrain", with_training_seed(self.scenario, seed).to_json(),
+                          tuple(batch), tuple(retained), round_index, self.intake.forgotten_so_far(), None, None,
+                          threads, environment)
+                for seed in extra_training_seeds(self.scenario)]
 
     def _job(self, server: GeneratorServer, engine: SiteEngine, batch: list[Resolution], round_index: int,
              retained: list[int]) -> UnlearningJob:
@@ -259,15 +274,20 @@ class ForgetService:
         self.log({"kind": "forget", "event": "proof", "batch": pending.number, "tasks": tasks})
         chosen = replace(pending.chosen, metrics=results.pop(pending.chosen.name).metrics)
         before = results.pop("before").metrics
-        self._certify(pending.number, pending.batch, before, {chosen.name: chosen, **results}, tasks)
+        spread = {label: results.pop(label) for label in sorted(results) if is_spread_label(label)}
+        self._certify(pending.number, pending.batch, before, {chosen.name: chosen, **results}, tasks, spread)
 
     def _certify(self, number: int, batch: list[Resolution], before: dict[int, dict[str, Any]],
-                 outcomes: dict[str, MethodOutcome], tasks: list[dict[str, Any]] | None = None) -> None:
+                 outcomes: dict[str, MethodOutcome], tasks: list[dict[str, Any]] | None = None,
+                 spread: dict[str, MethodOutcome] | None = None) -> None:
         ordered = [outcomes[name] for name in self.config.methods]
         reference = next((o for o in ordered if o.reference), None)
         certified = [o for o in ordered if not o.reference] or ordered
+        retrains = ([(self.scenario.seed, reference)] + [(seed, spread[spread_label(seed)])
+                                                         for seed in extra_training_seeds(self.scenario)]
+                    if reference is not None and spread else None)
         for index, resolution in enumerate(batch):
-            entries = [certificate(resolution.request, index, before, o, reference) for o in certified]
+            entries = [certificate(resolution.request, index, before, o, reference, retrains) for o in certified]
             self.ledger.mark(resolution.request.request_id, "certified", certificate=entries,
                              proof_tasks=tasks or [])
             self._certified += [((number, index, k), entry) for k, entry in enumerate(entries)]
