@@ -17,7 +17,8 @@ and issue 18's targets, PASS/MISS) and `fnn-compare.png` (forget and retained me
 into the out folder, and prints the markdown.
 
     FEDGAN_CACHE=/tmp/fcache .venv/bin/python bench/fnn_compare.py scenarios/fnn-compare.toml [--out runs/fnn-compare]
-        [--methods M,...] [--seed N] [--skip-federation] [--reuse] [--classifier-option KEY=VALUE ...]
+        [--methods M,...] [--seed N] [--skip-federation] [--reuse] [--retrain-seeds K]
+        [--classifier-option KEY=VALUE ...]
 
 `--skip-federation` runs setting (a) alone (no GAN, no evaluator); `--methods a,b` replaces the GAN methods;
 `--classifier-option key=value` (repeatable) sets a `ClassifierUnlearningOptions` field for both classifier settings.
@@ -28,6 +29,7 @@ import argparse
 import dataclasses
 import io
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,7 @@ from fedgan.classifier_unlearning import (  # noqa: E402
     compare_with_reference,
     downstream_classifier,
     generated_class_request,
+    measure,
     train_classifier,
 )
 from fedgan.datasets import DatasetSplits  # noqa: E402
@@ -79,8 +82,20 @@ CLASSIFIER_TIME_SHARE = 0.1  # in at most a tenth of retrain's time
 # Setting (a): the requesting site's own classifier
 # ----------------------------------------------------------------------------------------------------------------
 
+SPREAD_KEYS = ("forget_accuracy", "retained_accuracy", "mia_auc", "seconds")
+
+
+def spread_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample sd of each SPREAD_KEYS value over `rows` (retrain under several seeds)."""
+    spread: dict[str, Any] = {"count": len(rows)}
+    for key in SPREAD_KEYS:
+        values = [row[key] for row in rows]
+        spread[key] = {"values": values, "mean": statistics.fmean(values), "sd": statistics.stdev(values)}
+    return spread
+
+
 def site_setting(scenario: Scenario, splits: DatasetSplits, request: ForgetRequest,
-                 options: ClassifierUnlearningOptions) -> dict[str, Any]:
+                 options: ClassifierUnlearningOptions, retrain_seeds: int = 1) -> dict[str, Any]:
     """An MLP on the requesting site's shard forgets the request's class; tested on the classes the site holds
     (a site never saw the others, so every model, retrain included, would fail them alike)."""
     train, test = splits.train, splits.test
@@ -98,7 +113,12 @@ def site_setting(scenario: Scenario, splits: DatasetSplits, request: ForgetReque
     train_classifier(model, images, labels, seed=scenario.seed, options=options)
     setting.update(test_items=int(keep.sum()), forget_items=int(task.forget_mask.sum()),
                    train_seconds=time.perf_counter() - started)
-    return {**setting, "rows": compare(CLASSIFIER_METHODS, model, task, seed=scenario.seed, options=options)}
+    rows = compare(CLASSIFIER_METHODS, model, task, seed=scenario.seed, options=options)
+    if retrain_seeds > 1:  # retrain's own spread: its seed (init, order, attack draw) moved on, the rest kept
+        extra = [compare(["retrain"], model, task, seed=scenario.seed + k, options=options)[0]
+                 for k in range(1, retrain_seeds)]
+        setting["retrain_spread"] = spread_of([next(r for r in rows if r["method"] == "retrain"), *extra])
+    return {**setting, "rows": rows}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -113,7 +133,7 @@ def labelled_draw(server: GeneratorServer, evaluator: Evaluator, count: int, tag
 
 def downstream_setting(scenario: Scenario, splits: DatasetSplits, request: ForgetRequest, before: LabelledImages,
                        heldout: LabelledImages, retrained: LabelledImages, retrain_seconds: float,
-                       options: ClassifierUnlearningOptions) -> dict[str, Any]:
+                       options: ClassifierUnlearningOptions, retrain_seeds: int = 1) -> dict[str, Any]:
     """The downstream classifier on G's samples forgets the class; its reference is trained on retrain's G.
     `retrain_seconds`: the federation's retrain plus drawing and labelling retrain's samples."""
     test, num_classes, epochs = splits.test, splits.train.num_classes, scenario.unlearning.downstream_epochs
@@ -130,7 +150,16 @@ def downstream_setting(scenario: Scenario, splits: DatasetSplits, request: Forge
                                    num_classes)
     rows = compare_with_reference(CLASSIFIER_METHODS, model, task, reference, reference_seconds, seed=scenario.seed,
                                   options=options)
-    return {**counts, "rows": rows}
+    out: dict[str, Any] = {**counts, "rows": rows}
+    if retrain_seeds > 1:  # the reference classifier retrained under further seeds on the same retrained samples
+        extra = []
+        for k in range(1, retrain_seeds):
+            started = time.perf_counter()
+            other = downstream_classifier(*retrained, num_classes, epochs=epochs, seed=k)
+            seconds = retrain_seconds + time.perf_counter() - started
+            extra.append({**measure(other, task, seed=scenario.seed, options=options), "seconds": seconds})
+        out["retrain_spread"] = spread_of([next(r for r in rows if r["method"] == "retrain"), *extra])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,6 +274,23 @@ def _downstream_intro(down: dict[str, Any]) -> str:
             "plus drawing, labelling and training its classifier.")
 
 
+def spread_lines(setting: dict[str, Any]) -> list[str]:
+    """Retrain's spread under several seeds, and each method's gap to its mean in its sds (`--retrain-seeds`)."""
+    spread = setting.get("retrain_spread")
+    if not spread:
+        return []
+    summary = "; ".join(f"{key} {spread[key]['mean']:.4f} ± {spread[key]['sd']:.4f}" for key in SPREAD_KEYS)
+    lines = [f"Retrain under {spread['count']} seeds (mean ± sd): {summary}. Gap to that mean in its sds:", "",
+             "| method | forget acc | retained acc | MIA AUC |", "|---|---|---|---|"]
+    for row in setting["rows"]:
+        if row["method"] in ("retrain", "original"):
+            continue
+        cells = [f"{(row[k] - spread[k]['mean']) / spread[k]['sd']:+.1f}" if spread[k]["sd"] > 0 else "-"
+                 for k in ("forget_accuracy", "retained_accuracy", "mia_auc")]
+        lines.append(f"| {row['method']} | {' | '.join(cells)} |")
+    return [*lines, ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     request = report["request"]
     out = [f"# fnn-compare: {report['scenario']['name']}", "",
@@ -268,6 +314,7 @@ def markdown(report: dict[str, Any]) -> str:
             targets.append(f"- {name}: not run ({setting['skipped']})")
             continue
         out += [intro(setting), "", *classifier_table(setting["rows"]), ""]
+        out += spread_lines(setting)
         targets += verdicts(name, setting["rows"])
     return "\n".join([*out, "## Issue 18's targets", "", *targets, ""])
 
@@ -337,7 +384,8 @@ def generator_row(name: str, entry: dict[str, Any], side: str = "after") -> dict
 
 
 def federation_settings(scenario: Scenario, request: ForgetRequest, methods: list[str], out: Path,
-                        options: ClassifierUnlearningOptions, reuse: bool = False) -> dict[str, Any]:
+                        options: ClassifierUnlearningOptions, reuse: bool = False,
+                        retrain_seeds: int = 1) -> dict[str, Any]:
     """The generator rows (every method from one trained state, one retrain) and classifier setting (b).
     `reuse`: the trained federation and the retrain (its certificate and its G's labelled draw) from an earlier
     call's `out`, when there."""
@@ -377,7 +425,8 @@ def federation_settings(scenario: Scenario, request: ForgetRequest, methods: lis
             generator_row("retrain", certificates["retrain"])]
 
     # ---------------- setting (b): the downstream classifier ----------------
-    down = downstream_setting(scenario, splits, request, before, heldout, retrained, retrain_seconds, options)
+    down = downstream_setting(scenario, splits, request, before, heldout, retrained, retrain_seconds, options,
+                              retrain_seeds)
     if "rows" in down:
         down["rows"] = with_checks(down["rows"], classifier_checks)
     return {"train_seconds": train_seconds, "classifier_downstream": down,
@@ -394,6 +443,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="the scenario with another seed")
     parser.add_argument("--reuse", action="store_true",
                         help="take the trained federation and the retrain from an earlier call's --out")
+    parser.add_argument("--retrain-seeds", type=int, default=1,
+                        help="classifier settings: also retrain the reference under this many seeds in all and "
+                             "report its spread (mean ± sd) and each method's gap in its sds")
     parser.add_argument("--classifier-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a ClassifierUnlearningOptions field for both classifier settings (repeatable), "
                              "e.g. epochs=10 or fnn_iterations=5")
@@ -412,7 +464,7 @@ def main() -> None:
                               "classifier_options": dataclasses.asdict(options)}
 
     # ---------------- setting (a): needs the data only ----------------
-    site = site_setting(scenario, load_federation_data(scenario), request, options)
+    site = site_setting(scenario, load_federation_data(scenario), request, options, args.retrain_seeds)
     if "rows" in site:
         site["rows"] = with_checks(site["rows"], classifier_checks)
     report["classifier_site"] = site
@@ -422,7 +474,8 @@ def main() -> None:
     if not args.skip_federation:
         methods = [m for m in (args.methods.split(",") if args.methods else scenario.unlearning.methods)
                    if m != "retrain"]
-        report.update(federation_settings(scenario, request, methods, out, options, args.reuse))
+        report.update(federation_settings(scenario, request, methods, out, options, args.reuse,
+                                          args.retrain_seeds))
 
     atomic_write_text(out / "fnn-compare.json", json.dumps(report, indent=1, default=str))  # first: the numbers
     text = markdown(report)
