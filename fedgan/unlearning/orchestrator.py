@@ -221,12 +221,12 @@ class ForgetService:
             outcomes[name] = run_method(METHODS[name](), job, self.probe, batch, retained)
             engine.restore(tag)
             load_server_snapshot(server, saved)
-        job = self._job(server, engine, batch, round_index, retained)
-        outcomes[chosen] = run_method(METHODS[chosen](), job, self.probe, batch, retained)
-        self._mark_done(batch, outcomes[chosen])
         # retrain under the further training seeds: fresh federations of their own, this process's threads kept
         spread = {t.label: run_proof(t) for t in self._spread_tasks(batch, round_index, number, retained,
                                                                      torch.get_num_threads(), {})}
+        job = self._job(server, engine, batch, round_index, retained)
+        outcomes[chosen] = run_method(METHODS[chosen](), job, self.probe, batch, retained)
+        self._mark_done(batch, outcomes[chosen])
         self._certify(number, batch, before, outcomes, spread=spread)
 
     def _spread_tasks(self, batch: list[Resolution], round_index: int, number: int, retained: list[int],
