@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 
-def checks(entry: dict) -> list[tuple[str, float, str, bool]]:
-    """(target, measured, bound, met) rows for one certificate entry."""
+def checks(entry: dict) -> list[tuple[str, float, str, bool | None]]:
+    """(target, measured, bound, met) rows for one certificate entry (met None: information only)."""
     rows = []
     request = entry["request"]
     if "class" in request:
@@ -37,10 +37,23 @@ def checks(entry: dict) -> list[tuple[str, float, str, bool]]:
         gap = abs(f_vs_n["after"] - f_vs_n["retrain"])
         rows.append(("AUC(R vs N) before (attack power)", r_vs_n["before"], ">= 0.6", r_vs_n["before"] >= 0.6))
         rows.append(("|AUC(F vs N) after - retrain|", gap, "<= 0.03", gap <= 0.03))
+    rows += spread_rows(entry)
     rows.append(("speed-up, generator rounds", entry["speedup_rounds_vs_retrain"], ">= 100",
                  entry["speedup_rounds_vs_retrain"] >= 100))
     rows.append(("speed-up, wall seconds", entry["speedup_vs_retrain"], ">= 100", entry["speedup_vs_retrain"] >= 100))
     return rows
+
+
+def spread_rows(entry: dict) -> list[tuple[str, float, str, bool | None]]:
+    """With `retrain-seeds` > 1: the gap to the retrains' mean beside their sd (information, not a target)."""
+    spread = entry.get("retrain_spread") or {}
+    key = "forget_class_rate" if "class" in entry["request"] else "mia_auc_forget_vs_nonmember"
+    m = spread.get(key)
+    if not m:
+        return []
+    seeds = len(spread["training_seeds"])
+    return [(f"|{key} after - mean of {seeds} retrains|", abs(m["after"] - m["mean"]), "info", None),
+            (f"sd of {key} over the {seeds} retrains", m["sd"], "info", None)]
 
 
 def main(run_dir: str) -> None:
@@ -52,7 +65,8 @@ def main(run_dir: str) -> None:
               f"{entry['seconds']:.1f} s / {entry['rounds']} rounds vs retrain {entry.get('retrain_seconds', 0):.1f} s"
               f" / {entry.get('retrain_rounds', 0)} rounds")
         for name, value, bound, met in checks(entry):
-            print(f"  {'PASS' if met else 'MISS'}  {name:<42} {value:10.4f}  (target {bound})")
+            verdict = "INFO" if met is None else "PASS" if met else "MISS"
+            print(f"  {verdict}  {name:<42} {value:10.4f}  ({'target ' if met is not None else ''}{bound})")
 
 
 if __name__ == "__main__":
