@@ -146,7 +146,8 @@ class UnlearningConfig:
     server zeroes the requesting sites' weights for the class (w_s(c) -> 0) before the cascade instead of after it.
     `share_snapshots`: a certificate's class shares are the mean over that many snapshots of each side (before,
     every method, retrain), `share_spacing` plain UA rounds apart, run on the side's federation and then undone.
-    `retrain_seeds`: retrain runs under that many training seeds on the run's partition (`retrain_spread`).
+    `retrain_seeds`: retrain runs under that many training seeds on the run's partition (`retrain_spread`);
+    without retrain among the methods there is no retrain to repeat, and it does nothing.
     `partial` ([unlearning.partial], TOML keys): what a batch holding a partial class request (a class some other
     site keeps) is served with instead (`for_batch`); `PARTIAL_RECIPE` unless the scenario gives the table (an
     empty table: partial requests use [unlearning] as is). The first method listed (other than retrain) is the one
@@ -509,9 +510,6 @@ def _validate_unlearning_config(u: UnlearningConfig) -> None:
     for key in ("stage_g_rounds", "relearn_rounds", "repair_rounds", "noise_steps"):
         value = getattr(u, key)
         _require(value >= 0, f"unlearning.{_toml_key(key)}", f"got {value}", "use 0 or a positive integer")
-    _require(u.retrain_seeds == 1 or "retrain" in u.methods, "unlearning.retrain-seeds",
-             f"got {u.retrain_seeds} without retrain in unlearning.methods",
-             'add "retrain" to unlearning.methods, or leave retrain-seeds at 1')
     _require(u.lira_references == 0 or (u.lira_references >= 4 and u.lira_references % 2 == 0),
              "unlearning.lira-references", f"got {u.lira_references}",
              "use 0 (no per-example attack) or an even number >= 4 (half the references hold each target, and "
