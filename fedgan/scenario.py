@@ -71,10 +71,11 @@ class PartitionConfig:
     """How the training split is divided among sites (see fedgan.partition)."""
 
     scheme: str = "dirichlet"
+    options: dict[str, Any] = field(default_factory=dict)
     # The partition's own seed (None: the scenario's `seed`). Fixing it while `seed` varies keeps every site's
     # items and varies only training (inits, sampling): a seed study of one partition, e.g. retrain's own spread.
+    # Last, so that PartitionConfig(scheme, options) keeps its meaning.
     seed: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

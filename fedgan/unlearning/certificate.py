@@ -45,10 +45,9 @@ class MethodOutcome:
 
 
 def certificate(request: ForgetRequest, index: int, before: dict[int, dict[str, Any]], outcome: MethodOutcome,
-                reference: MethodOutcome | None,
-                retrains: list[tuple[int, MethodOutcome]] | None = None) -> dict[str, Any]:
-    """The certificate entry of request number `index` of its batch, for `outcome`, against `reference`; with
-    `retrains` ((training seed, outcome), the reference first; `retrain-seeds`), also `retrain_spread`."""
+                reference: MethodOutcome | None, spread: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The certificate entry of request number `index` of its batch, for `outcome`, against `reference`; `spread`:
+    its `retrain_spread` (`fedgan.unlearning.retrain_spread`, with `retrain-seeds` > 1)."""
     reference_metrics = reference.metrics[index] if reference else {}
     entry: dict[str, Any] = {"request": request.to_dict(), "method": outcome.name}
     entry.update(with_retrain_gap(before[index], outcome.metrics[index], reference_metrics, CERTIFIED))
@@ -60,10 +59,8 @@ def certificate(request: ForgetRequest, index: int, before: dict[int, dict[str, 
                 request, before[index], outcome.metrics[index], reference_metrics, key="class_histogram_single")
     entry.update({"seconds": outcome.seconds, "rounds": outcome.rounds, "site_d_steps": d_steps(outcome),
                   "bytes": outcome.bytes, "details": outcome.details})
-    if retrains:
-        from fedgan.unlearning.retrain_spread import retrain_spread  # it builds on this module's MethodOutcome
-
-        entry["retrain_spread"] = retrain_spread(request, index, outcome.metrics[index], retrains)
+    if spread is not None:
+        entry["retrain_spread"] = spread
     entry["ran"] = where_and_when(outcome)  # proof workers overlap in time: the ledger shows it
     if reference is not None:
         entry["retrain_ran"] = where_and_when(reference)

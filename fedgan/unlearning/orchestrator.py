@@ -43,7 +43,13 @@ from fedgan.unlearning.proof import (
     run_proof,
     server_snapshot,
 )
-from fedgan.unlearning.retrain_spread import extra_training_seeds, is_spread_label, spread_label, with_training_seed
+from fedgan.unlearning.retrain_spread import (
+    extra_training_seeds,
+    is_spread_label,
+    retrain_spread,
+    spread_label,
+    with_training_seed,
+)
 
 LEDGER_FILE = "ledger.jsonl"
 
@@ -287,7 +293,9 @@ class ForgetService:
                                                          for seed in extra_training_seeds(self.scenario)]
                     if reference is not None and spread else None)
         for index, resolution in enumerate(batch):
-            entries = [certificate(resolution.request, index, before, o, reference, retrains) for o in certified]
+            entries = [certificate(resolution.request, index, before, o, reference,
+                                   retrain_spread(resolution.request, index, o.metrics[index], retrains)
+                                   if retrains else None) for o in certified]
             self.ledger.mark(resolution.request.request_id, "certified", certificate=entries,
                              proof_tasks=tasks or [])
             self._certified += [((number, index, k), entry) for k, entry in enumerate(entries)]
