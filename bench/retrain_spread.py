@@ -37,16 +37,10 @@ from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import Scenario, load_scenario  # noqa: E402
 from fedgan.storage import atomic_write_text  # noqa: E402
 from fedgan.unlearning.orchestrator import ForgetService  # noqa: E402
+from fedgan.unlearning.retrain_spread import with_training_seed  # noqa: E402
 
 SCALARS = ("forget_class_rate", "forget_class_rate_single", "mia_auc_forget_vs_nonmember",
            "mia_tpr_at_1pct_fpr_forget", "fid_lenet_retained", "downstream_accuracy")
-
-
-def with_training_seed(scenario: Scenario, seed: int) -> Scenario:
-    """The scenario trained under `seed` on the partition of its own seed."""
-    partition = dataclasses.replace(scenario.partition, seed=scenario.partition.seed
-                                    if scenario.partition.seed is not None else scenario.seed)
-    return scenario.replace(seed=seed, partition=partition)
 
 
 def retrain_entry(scenario: Scenario, requests: list, position: int, rounds: int, out: Path) -> dict[str, Any]:
