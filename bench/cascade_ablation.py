@@ -32,6 +32,7 @@ from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import Scenario, load_scenario  # noqa: E402
 from fedgan.seeding import derive_seed  # noqa: E402
 from fedgan.storage import atomic_write_text  # noqa: E402
+from fedgan.unlearning.certificate import retained_share_l1  # noqa: E402
 
 DEFAULT_VARIANTS = [
     "stages=5,stage_d_steps=20,stage_g_rounds=3",
@@ -53,11 +54,6 @@ def parse_variant(text: str) -> dict:
         except json.JSONDecodeError:
             values[key] = raw
     return values
-
-
-def retained_l1(shares: list[float], retrain: list[float], forget_class: int | None) -> float:
-    """L1 distance between two class histograms over the classes other than the forgotten one."""
-    return sum(abs(a - b) for c, (a, b) in enumerate(zip(shares, retrain)) if c != forget_class)
 
 
 def redrawn(scenario: Scenario, request: ForgetRequest) -> ForgetRequest:
@@ -149,7 +145,7 @@ def main() -> None:
                                         "after": entry["downstream_accuracy"]["after"],
                                         "retrain": reference["downstream_accuracy"]["after"]},
                 "retained_share_l1_to_retrain": {
-                    side: retained_l1(entry["class_histogram"][side], retrain_shares, request.forget_class)
+                    side: retained_share_l1(entry["class_histogram"][side], retrain_shares, request.forget_class)
                     for side in ("before", "after")},
                 **{extra: {"before": entry[extra]["before"], "after": entry[extra]["after"],
                            "retrain": reference.get(extra, {}).get("after")}
@@ -159,7 +155,7 @@ def main() -> None:
                                  "lira_tpr_at_1pct_fpr_forget")
                    if isinstance(entry.get(extra), dict)},
                 **({"retained_share_l1_to_retrain_single": {
-                    side: retained_l1(entry["class_histogram_single"][side], retrain_single, request.forget_class)
+                    side: retained_share_l1(entry["class_histogram_single"][side], retrain_single, request.forget_class)
                     for side in ("before", "after")}} if retrain_single is not None else {}),
                 "class_histogram_after": entry["class_histogram"]["after"],
                 "rounds": entry["rounds"], "seconds": entry["seconds"],

@@ -30,12 +30,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cascade_ablation import redrawn, retained_l1  # noqa: E402
+from bench.cascade_ablation import redrawn  # noqa: E402
 from fedgan.engine import InProcessEngine  # noqa: E402
 from fedgan.federation import GeneratorServer  # noqa: E402
 from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import Scenario, load_scenario  # noqa: E402
 from fedgan.storage import atomic_write_text  # noqa: E402
+from fedgan.unlearning.certificate import retained_share_l1  # noqa: E402
 from fedgan.unlearning.orchestrator import ForgetService  # noqa: E402
 from fedgan.unlearning.retrain_spread import with_training_seed  # noqa: E402
 
@@ -67,7 +68,7 @@ def summary(entries: dict[int, dict[str, Any]], forget_class: int | None) -> dic
     shares = [e["class_histogram"]["after"] for e in entries.values()]
     out["class_histogram"] = {"mean": [statistics.fmean(c) for c in zip(*shares)],
                               "sd": [statistics.stdev(c) if len(c) > 1 else None for c in zip(*shares)]}
-    pairs = [retained_l1(a, b, forget_class) for i, a in enumerate(shares) for b in shares[i + 1:]]
+    pairs = [retained_share_l1(a, b, forget_class) for i, a in enumerate(shares) for b in shares[i + 1:]]
     out["retained_share_l1_between_retrains"] = {"values": pairs, "mean": statistics.fmean(pairs) if pairs else None}
     return out
 
@@ -89,7 +90,7 @@ def gaps(rows_file: Path, run: str | None, spread: dict[str, Any], forget_class:
                 after, mean, sd = row[key]["after"], spread[key]["mean"], spread[key]["sd"]
                 entry[key] = {"after": after, "gap": after - mean, "gap_in_sd": (after - mean) / sd}
         if "class_histogram_after" in row:
-            entry["retained_share_l1_to_retrain_mean"] = retained_l1(
+            entry["retained_share_l1_to_retrain_mean"] = retained_share_l1(
                 row["class_histogram_after"], spread["class_histogram"]["mean"], forget_class)
         found.append(entry)
     return found

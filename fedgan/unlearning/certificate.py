@@ -6,6 +6,7 @@ site D steps, bytes, retrain's seconds, rounds and D steps, and the speed-ups ov
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,14 @@ def retained_share_distance(request: ForgetRequest, before: dict[str, Any], afte
         shares, reference = side.get(key), retrain.get(key)
         if shares is None or reference is None:
             return None
-        kept = [c for c in range(len(shares)) if c != request.forget_class]
-        return float(sum(abs(shares[c] - reference[c]) for c in kept))
+        return retained_share_l1(shares, reference, request.forget_class)
 
     return {"before": distance(before), "after": distance(after)}
+
+
+def retained_share_l1(shares: Sequence[float], reference: Sequence[float], forget_class: int | None) -> float:
+    """L1 distance between two class histograms over every class but `forget_class` (None: all classes). The one
+    definition of "where the forgotten mass went" used by the certificate, retrain's spread and bench/."""
+    if len(shares) != len(reference):
+        raise ValueError(f"class histograms of {len(shares)} and {len(reference)} classes cannot be compared")
+    return float(sum(abs(a - b) for c, (a, b) in enumerate(zip(shares, reference)) if c != forget_class))

@@ -17,7 +17,7 @@ from typing import Any
 
 from fedgan.forget import ForgetRequest
 from fedgan.scenario import Scenario
-from fedgan.unlearning.certificate import MethodOutcome
+from fedgan.unlearning.certificate import MethodOutcome, retained_share_l1
 
 SPREAD_LABEL = "retrain-seed-"  # proof task labels: retrain-seed-<training seed>
 SPREAD_METRICS = ("forget_class_rate", "forget_class_rate_single", "forget_class_rate_unasked", "fid_lenet_retained",
@@ -48,10 +48,6 @@ def is_spread_label(label: str) -> bool:
     return label.startswith(SPREAD_LABEL)
 
 
-def _retained_l1(a: list[float], b: list[float], forget_class: int | None) -> float:
-    return float(sum(abs(x - y) for c, (x, y) in enumerate(zip(a, b)) if c != forget_class))
-
-
 def retrain_spread(request: ForgetRequest, index: int, after: dict[str, Any],
                    retrains: list[tuple[int, MethodOutcome]]) -> dict[str, Any]:
     """The certificate's `retrain_spread` for request number `index`: per metric the retrains' values (in the order
@@ -71,10 +67,10 @@ def retrain_spread(request: ForgetRequest, index: int, after: dict[str, Any],
     shares = [m["class_histogram"] for m in metrics if m.get("class_histogram") is not None]
     if len(shares) == len(metrics):
         mean_shares = [statistics.fmean(column) for column in zip(*shares)]
-        pairs = [_retained_l1(a, b, request.forget_class) for i, a in enumerate(shares) for b in shares[i + 1:]]
+        pairs = [retained_share_l1(a, b, request.forget_class) for i, a in enumerate(shares) for b in shares[i + 1:]]
         spread["class_histogram_mean"] = mean_shares
         spread["retained_share_l1_between_retrains"] = {"values": pairs, "mean": statistics.fmean(pairs)}
         if after.get("class_histogram") is not None:
-            spread["retained_share_l1_to_retrain_mean"] = _retained_l1(after["class_histogram"], mean_shares,
+            spread["retained_share_l1_to_retrain_mean"] = retained_share_l1(after["class_histogram"], mean_shares,
                                                                        request.forget_class)
     return spread
