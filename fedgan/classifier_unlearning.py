@@ -68,6 +68,11 @@ class ClassifierUnlearningOptions:
     fnn_fraction: float = DEFAULT_FRACTION
     fnn_lr: float = 1e-3
     fnn_stop_accuracy: float | None = None  # stop once forget-item accuracy is at or below this (e.g. retrain's)
+    # Ours (0 = the reading above, rehearsal on retained data only): each rehearsal step also adds this weight times
+    # −log(1 − p_y(x)) on a forget batch (the item's own label pushed to probability 0) -- arXiv 2410.22374 v2's
+    # abstract names a learn/unlearn protocol "on retain and forget sets" without its loss; measured in
+    # bench/README.md (issue 18, "fnn's forget term").
+    fnn_forget_weight: float = 0.0
     # ---- noise (UNSIR, the notebook's values): noise per forget class, impair, repair ----
     noise_batch: int = 64
     noise_steps: int = 40
@@ -80,6 +85,8 @@ class ClassifierUnlearningOptions:
     uniform_epochs: int = 3
     uniform_lr: float = 1e-3
     relearn_epochs: int = 1
+    uniform_steps: int | None = None  # at most this many uniform-target steps (None: the epochs; ours, a cost knob)
+    relearn_steps: int | None = None  # at most this many relearn steps (None: the epochs)
     # ---- measurement: at most this many forget items and as many non-members for the attack ----
     mia_max_items: int = 2000
 
@@ -219,6 +226,16 @@ def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor
     return F.cross_entropy(model(images), labels)
 
 
+def complement_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """−log(1 − p_y(x)), batch mean: large while the model gives an item its own label, zero once it gives it none.
+    Unlike a uniform target (p_y = 1/K, where the argmax can still be y) it leaves the label unpredicted, and its
+    gradient fades as p_y → 0, so it does not push the items anywhere in particular."""
+    images, labels = batch
+    log_probs = F.log_softmax(model(images), dim=1)
+    own = log_probs.gather(1, labels[:, None]).squeeze(1)
+    return -torch.log1p(-own.exp().clamp(max=1 - 1e-6)).mean()
+
+
 def _uniform_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """KL(uniform ‖ softmax(f(x))), batch mean: zero when every class gets probability 1/K."""
     log_probs = F.log_softmax(model(batch[0]), dim=1)
@@ -322,12 +339,29 @@ def fnn(model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOptions,
     if o.fnn_stop_accuracy is not None:
         def stop() -> bool:
             return accuracy(layered, forget_images, forget_labels) <= o.fnn_stop_accuracy
+    rehearsal = cross_entropy_loss
+    if o.fnn_forget_weight > 0:
+        rehearsal = _with_forget_term(ShuffledBatches(*task.forget, o.batch_size, generator, device),
+                                      o.fnn_forget_weight)
     run = fnn_unlearn(
-        layered, layers, ShuffledBatches(*task.retain, o.batch_size, generator, device), cross_entropy_loss,
+        layered, layers, ShuffledBatches(*task.retain, o.batch_size, generator, device), rehearsal,
         iterations=o.fnn_iterations, rehearse_steps=o.fnn_rehearse_steps, lr=o.fnn_lr,
         forget_inputs=[x.to(device) for x in forget_images.split(EVAL_BATCH_SIZE)], stop=stop)
     return layered.eval(), {"fnn_type": o.fnn_type, "layers": len(layers), "iterations": run.iterations,
-                            "stopped_early": run.stopped_early}
+                            "stopped_early": run.stopped_early, "forget_weight": o.fnn_forget_weight}
+
+
+def _with_forget_term(forget_batches: ShuffledBatches, weight: float
+                      ) -> Callable[[nn.Module, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The rehearsal loss plus `weight` × `complement_loss` on the next forget batch (passes repeat endlessly)."""
+    def endless() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield from forget_batches
+    forget = endless()
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return cross_entropy_loss(model, batch) + weight * complement_loss(model, next(forget))
+    return loss
 
 
 def _fnn_of_type(layer_type: str) -> ClassifierMethod:
@@ -406,12 +440,15 @@ def noise(model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOptions
 def uniform(model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOptions,
             generator: torch.Generator) -> MethodResult:
     """adu3010's method: `uniform_epochs` passes towards the uniform output (KL to uniform) on the forget items,
-    then `relearn_epochs` passes of cross-entropy on retained data."""
+    then `relearn_epochs` passes of cross-entropy on retained data; `uniform_steps` / `relearn_steps` cap either
+    phase at that many steps (ours: the seed's recipe costs about as much as a small classifier's retrain)."""
     device = _device(model)
     _fit(model, ShuffledBatches(*task.forget, o.batch_size, generator, device), epochs=o.uniform_epochs,
-         lr=o.uniform_lr, loss_fn=_uniform_loss)
-    _fit(model, ShuffledBatches(*task.retain, o.batch_size, generator, device), epochs=o.relearn_epochs, lr=o.lr)
-    return model, {"uniform_epochs": o.uniform_epochs, "relearn_epochs": o.relearn_epochs}
+         lr=o.uniform_lr, loss_fn=_uniform_loss, max_steps=o.uniform_steps)
+    _fit(model, ShuffledBatches(*task.retain, o.batch_size, generator, device), epochs=o.relearn_epochs, lr=o.lr,
+         max_steps=o.relearn_steps)
+    return model, {"uniform_epochs": o.uniform_epochs, "relearn_epochs": o.relearn_epochs,
+                   "uniform_steps": o.uniform_steps, "relearn_steps": o.relearn_steps}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ samples, a given reference) is tested on the same blobs standing in for generate
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -21,6 +22,7 @@ from fedgan.classifier_unlearning import (
     class_request,
     compare,
     compare_with_reference,
+    complement_loss,
     cross_entropy_loss,
     downstream_classifier,
     error_maximising_noise,
@@ -124,6 +126,58 @@ def test_fnn_stops_once_forget_accuracy_reaches_the_target(trained, task):
     # Assert
     assert row["stopped_early"] and row["iterations"] < options.fnn_iterations
     assert row["forget_items_accuracy"] <= 0.1
+
+
+def test_fnn_forget_term_takes_the_forget_items_own_label_away(trained, task, rows):
+    # Prepare
+    options = replace(OPTIONS, fnn_forget_weight=1.0)
+
+    # Execute: the measured row, and the same run's model to look inside
+    (row,) = compare(["fnn"], trained, task, options=options)
+    unlearned, _ = CLASSIFIER_METHODS["fnn"](copy.deepcopy(trained), task, options, torch.Generator().manual_seed(0))
+    plain, _ = CLASSIFIER_METHODS["fnn"](copy.deepcopy(trained), task, OPTIONS, torch.Generator().manual_seed(0))
+
+    # Assert: the items' own label loses probability against the same fnn without the term, which the row records
+    def own_probability(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            images, labels = task.forget
+            return float(model(images).softmax(1).gather(1, labels[:, None]).mean())
+
+    assert row["forget_weight"] == 1.0 and rows["fnn"]["forget_weight"] == 0.0
+    assert row["forget_items_accuracy"] <= 0.02
+    assert own_probability(unlearned) < own_probability(plain)
+    assert row["mia_auc"] != rows["fnn"]["mia_auc"]
+
+
+def test_complement_loss_is_zero_without_the_label_and_large_with_it():
+    # Prepare: a "model" that returns fixed logits
+    logits = torch.tensor([[20.0, 0.0], [0.0, 20.0]])
+    batch = (torch.zeros(2, 1), torch.tensor([1, 1]))
+
+    # Execute
+    loss = complement_loss(lambda _x: logits, batch)
+    only_other = complement_loss(lambda _x: logits[:1].expand(2, 2), batch)
+
+    # Assert
+    assert float(only_other) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss) > 5
+
+
+def test_uniform_step_caps_bound_each_phase(trained, task, data):
+    # Prepare: no step in either phase, then one step in each
+    still = replace(OPTIONS, uniform_steps=0, relearn_steps=0)
+    one = replace(OPTIONS, uniform_steps=1, relearn_steps=1)
+
+    # Execute
+    (unchanged,) = compare(["uniform"], trained, task, options=still)
+    (moved,) = compare(["uniform"], trained, task, options=one)
+    (original,) = compare(["original"], trained, task, options=OPTIONS)
+
+    # Assert: zero steps leave the trained model as it was; one step each moves it
+    for key in ("forget_accuracy", "retained_accuracy", "mia_auc"):
+        assert unchanged[key] == original[key]
+    assert moved["mia_auc"] != original["mia_auc"]
+    assert (moved["uniform_steps"], moved["relearn_steps"]) == (1, 1)
 
 
 def test_compare_gives_the_same_numbers_for_the_same_seed(trained, task, rows):
