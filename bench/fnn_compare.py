@@ -250,15 +250,25 @@ def generator_table(rows: list[dict[str, Any]]) -> list[str]:
 def classifier_table(rows: list[dict[str, Any]]) -> list[str]:
     retrain = next(row for row in rows if row["method"] == "retrain")
     lines = ["| method | forget acc (gap) | retained acc (gap) | MIA AUC (gap) | TPR at 1 % FPR | seconds | "
-             "speed-up | targets |", "|---|---|---|---|---|---|---|---|"]
+             "speed-up | train batches (retrain's ÷ this) | targets |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         ref = None if row["method"] == "retrain" else retrain
         lines.append(
             f"| {row['method']} | {_cell(row['forget_accuracy'], ref and ref['forget_accuracy'], 4)} | "
             f"{_cell(row['retained_accuracy'], ref and ref['retained_accuracy'], 4)} | "
             f"{_cell(row['mia_auc'], ref and ref['mia_auc'], 4)} | {row['mia_tpr_at_1pct_fpr']:.4f} | "
-            f"{row['seconds']:.2f} | {_speed(retrain['seconds'], row['seconds'])} | {_marks(row)} |")
+            f"{row['seconds']:.2f} | {_speed(retrain['seconds'], row['seconds'])} | "
+            f"{_batches(row, retrain)} | {_marks(row)} |")
     return lines
+
+
+def _batches(row: dict[str, Any], retrain: dict[str, Any]) -> str:
+    """A method's training batches (forward + backward + step; the seconds' machine-free counterpart) and how many
+    times fewer than retrain's; "-" where a row has none (the original, a given reference)."""
+    own, reference = row.get("train_batches"), retrain.get("train_batches")
+    if own is None:
+        return "-"
+    return f"{own} ({reference / own:.3g}x)" if reference and own else str(own)
 
 
 def _site_intro(site: dict[str, Any]) -> str:

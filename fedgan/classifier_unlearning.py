@@ -244,20 +244,21 @@ def _uniform_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) ->
 
 
 def _fit(model: nn.Module, batches: ShuffledBatches, *, epochs: int, lr: float,
-         loss_fn: Callable[[nn.Module, Any], torch.Tensor] = cross_entropy_loss, max_steps: int | None = None) -> None:
-    """Adam at `lr` over `epochs` passes of `batches` (or until `max_steps` steps), in train mode."""
+         loss_fn: Callable[[nn.Module, Any], torch.Tensor] = cross_entropy_loss, max_steps: int | None = None) -> int:
+    """Adam at `lr` over `epochs` passes of `batches` (or until `max_steps` steps), in train mode; the steps taken."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     steps = 0
     for _ in range(epochs):
         for batch in batches:
             if max_steps is not None and steps >= max_steps:
-                return
+                return steps
             loss = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             steps += 1
+    return steps
 
 
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0,
@@ -310,8 +311,9 @@ def retrain(model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOptio
     for module in fresh.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    _fit(fresh, ShuffledBatches(*task.retain, o.batch_size, generator, _device(fresh)), epochs=o.epochs, lr=o.lr)
-    return fresh, {"epochs": o.epochs}
+    steps = _fit(fresh, ShuffledBatches(*task.retain, o.batch_size, generator, _device(fresh)), epochs=o.epochs,
+                 lr=o.lr)
+    return fresh, {"epochs": o.epochs, "train_batches": steps}
 
 
 @CLASSIFIER_METHODS.register("finetune")
@@ -320,8 +322,8 @@ def finetune(model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOpti
     """`finetune_steps` Adam steps on retained data only (catastrophic forgetting as unlearning)."""
     batches = ShuffledBatches(*task.retain, o.batch_size, generator, _device(model))
     epochs = -(-o.finetune_steps * o.batch_size // len(batches.images))  # enough passes for the steps
-    _fit(model, batches, epochs=epochs, lr=o.lr, max_steps=o.finetune_steps)
-    return model, {"steps": o.finetune_steps}
+    steps = _fit(model, batches, epochs=epochs, lr=o.lr, max_steps=o.finetune_steps)
+    return model, {"steps": o.finetune_steps, "train_batches": steps}
 
 
 @CLASSIFIER_METHODS.register("fnn")
@@ -347,8 +349,10 @@ def fnn(model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOptions,
         layered, layers, ShuffledBatches(*task.retain, o.batch_size, generator, device), rehearsal,
         iterations=o.fnn_iterations, rehearse_steps=o.fnn_rehearse_steps, lr=o.fnn_lr,
         forget_inputs=[x.to(device) for x in forget_images.split(EVAL_BATCH_SIZE)], stop=stop)
+    batches_per_step = 2 if o.fnn_forget_weight > 0 else 1  # the forget term adds a forget batch to each step
     return layered.eval(), {"fnn_type": o.fnn_type, "layers": len(layers), "iterations": run.iterations,
-                            "stopped_early": run.stopped_early, "forget_weight": o.fnn_forget_weight}
+                            "stopped_early": run.stopped_early, "forget_weight": o.fnn_forget_weight,
+                            "train_batches": run.iterations * o.fnn_rehearse_steps * batches_per_step}
 
 
 def _with_forget_term(forget_batches: ShuffledBatches, weight: float
@@ -429,11 +433,12 @@ def noise(model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOptions
     subset_images, subset_labels = _retain_subset(task, o.noise_retain_per_class, generator)
     impair_images, impair_labels = impair_set(subset_images, subset_labels, noises)
     device = _device(model)
-    _fit(model, ShuffledBatches(impair_images, impair_labels, o.batch_size, generator, device), epochs=1,
-         lr=o.impair_lr)
-    _fit(model, ShuffledBatches(subset_images, subset_labels, o.batch_size, generator, device), epochs=1,
-         lr=o.repair_lr)
-    return model, {"noise_classes": list(classes), "retain_subset": len(subset_labels)}
+    impair = _fit(model, ShuffledBatches(impair_images, impair_labels, o.batch_size, generator, device),
+                  epochs=1, lr=o.impair_lr)
+    repair = _fit(model, ShuffledBatches(subset_images, subset_labels, o.batch_size, generator, device),
+                  epochs=1, lr=o.repair_lr)
+    return model, {"noise_classes": list(classes), "retain_subset": len(subset_labels),
+                   "train_batches": o.noise_steps * len(classes) + impair + repair}
 
 
 @CLASSIFIER_METHODS.register("uniform")
@@ -443,12 +448,13 @@ def uniform(model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOptio
     then `relearn_epochs` passes of cross-entropy on retained data; `uniform_steps` / `relearn_steps` cap either
     phase at that many steps (ours: the seed's recipe costs about as much as a small classifier's retrain)."""
     device = _device(model)
-    _fit(model, ShuffledBatches(*task.forget, o.batch_size, generator, device), epochs=o.uniform_epochs,
-         lr=o.uniform_lr, loss_fn=_uniform_loss, max_steps=o.uniform_steps)
-    _fit(model, ShuffledBatches(*task.retain, o.batch_size, generator, device), epochs=o.relearn_epochs, lr=o.lr,
-         max_steps=o.relearn_steps)
+    towards = _fit(model, ShuffledBatches(*task.forget, o.batch_size, generator, device),
+                   epochs=o.uniform_epochs, lr=o.uniform_lr, loss_fn=_uniform_loss, max_steps=o.uniform_steps)
+    relearn = _fit(model, ShuffledBatches(*task.retain, o.batch_size, generator, device),
+                   epochs=o.relearn_epochs, lr=o.lr, max_steps=o.relearn_steps)
     return model, {"uniform_epochs": o.uniform_epochs, "relearn_epochs": o.relearn_epochs,
-                   "uniform_steps": o.uniform_steps, "relearn_steps": o.relearn_steps}
+                   "uniform_steps": o.uniform_steps, "relearn_steps": o.relearn_steps,
+                   "train_batches": towards + relearn}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ def test_fnn_forget_term_takes_the_forget_items_own_label_away(trained, task, ro
             return float(model(images).softmax(1).gather(1, labels[:, None]).mean())
 
     assert row["forget_weight"] == 1.0 and rows["fnn"]["forget_weight"] == 0.0
+    assert row["train_batches"] == 2 * rows["fnn"]["train_batches"]
     assert row["forget_items_accuracy"] <= 0.02
     assert own_probability(unlearned) < own_probability(plain)
     assert row["mia_auc"] != rows["fnn"]["mia_auc"]
@@ -178,6 +179,17 @@ def test_uniform_step_caps_bound_each_phase(trained, task, data):
         assert unchanged[key] == original[key]
     assert moved["mia_auc"] != original["mia_auc"]
     assert (moved["uniform_steps"], moved["relearn_steps"]) == (1, 1)
+    assert (unchanged["train_batches"], moved["train_batches"]) == (0, 2)
+
+
+def test_rows_count_each_methods_training_batches(rows, task):
+    # Assert: retrain passes over the retained items `epochs` times; fnn takes its rehearsal steps, twice the
+    # batches with the forget term; finetune its steps
+    retained = int((~task.forget_mask).sum())
+    assert rows["retrain"]["train_batches"] == OPTIONS.epochs * -(-retained // OPTIONS.batch_size)
+    assert rows["fnn"]["train_batches"] == OPTIONS.fnn_iterations * OPTIONS.fnn_rehearse_steps
+    assert rows["finetune"]["train_batches"] == OPTIONS.finetune_steps
+    assert all(row["train_batches"] > 0 for name, row in rows.items() if name != "original")
 
 
 def test_compare_gives_the_same_numbers_for_the_same_seed(trained, task, rows):
