@@ -39,6 +39,7 @@ from fedgan.forgetting_layers import (
     DEFAULT_TAU,
     DEFAULT_TAU_MAX,
     DEFAULT_TAU_MIN,
+    cycle_batches,
     fnn_unlearn,
     insert_forgetting_layers,
 )
@@ -89,6 +90,14 @@ class ClassifierUnlearningOptions:
     relearn_steps: int | None = None  # at most this many relearn steps (None: the epochs)
     # ---- measurement: at most this many forget items and as many non-members for the attack ----
     mia_max_items: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.fnn_forget_weight < 0:
+            raise ValueError(f"fnn_forget_weight: got {self.fnn_forget_weight}, expected >= 0 (0 turns the term off)")
+        for name in ("uniform_steps", "relearn_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}: got {value}, expected None (the epochs decide) or a step count >= 0")
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no single truth value to compare by
@@ -358,10 +367,7 @@ def fnn(model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOptions,
 def _with_forget_term(forget_batches: ShuffledBatches, weight: float
                       ) -> Callable[[nn.Module, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """The rehearsal loss plus `weight` × `complement_loss` on the next forget batch (passes repeat endlessly)."""
-    def endless() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        while True:
-            yield from forget_batches
-    forget = endless()
+    forget = cycle_batches(forget_batches)
 
     def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return cross_entropy_loss(model, batch) + weight * complement_loss(model, next(forget))

@@ -349,7 +349,7 @@ class FNNRun:
     rehearsal_losses: list[float] = field(default_factory=list)
 
 
-def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
+def cycle_batches(batches: Iterable[Batch]) -> Iterator[Batch]:
     """Endless batches: re-iterate `batches` (a list or a DataLoader) each time it runs out."""
     while True:
         empty = True
@@ -389,7 +389,7 @@ def fnn_unlearn(
     if forget_inputs is not None and any(layer.uses_ranking for layer in layers):  # fixed-all: ranking is moot
         rank_layers(layers, record_activity(model, layers, forget_inputs))
     optimizer = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
-    was_training, batches, run = model.training, _cycle(retain_batches), FNNRun()
+    was_training, batches, run = model.training, cycle_batches(retain_batches), FNNRun()
     for _ in range(iterations):
         # ---- decay: every forgetting clock moves on one iteration ----
         for layer in layers:

@@ -182,6 +182,12 @@ def test_uniform_step_caps_bound_each_phase(trained, task, data):
     assert (unchanged["train_batches"], moved["train_batches"]) == (0, 2)
 
 
+@pytest.mark.parametrize("field, value", [("fnn_forget_weight", -0.1), ("uniform_steps", -1), ("relearn_steps", -2)])
+def test_options_refuse_a_negative_forget_weight_or_step_cap(field, value):
+    with pytest.raises(ValueError, match=field):
+        ClassifierUnlearningOptions(**{field: value})
+
+
 def test_rows_count_each_methods_training_batches(rows, task):
     # Assert: retrain passes over the retained items `epochs` times; fnn takes its rehearsal steps, twice the
     # batches with the forget term; finetune its steps

@@ -71,6 +71,6 @@ def retrain_spread(request: ForgetRequest, index: int, after: dict[str, Any],
         spread["class_histogram_mean"] = mean_shares
         spread["retained_share_l1_between_retrains"] = {"values": pairs, "mean": statistics.fmean(pairs)}
         if after.get("class_histogram") is not None:
-            spread["retained_share_l1_to_retrain_mean"] = retained_share_l1(after["class_histogram"], mean_shares,
-                                                                       request.forget_class)
+            spread["retained_share_l1_to_retrain_mean"] = retained_share_l1(
+                after["class_histogram"], mean_shares, request.forget_class)
     return spread
