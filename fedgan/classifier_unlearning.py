@@ -23,6 +23,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,9 +62,11 @@ class ClassifierUnlearningOptions:
     finetune_steps: int = 100
     # ---- fnn: forgetting layers after every ReLU, decay then rehearse (RECONSTRUCTION) ----
     fnn_type: str = "fixed-all"  # the generator side's best type too (bench/README.md, issue 18)
-    fnn_iterations: int = 10  # 10 × 5 rehearsal steps: chosen in bench/README.md ("Choosing fnn's iterations")
-    fnn_rehearse_steps: int = 5
-    fnn_tau: float = DEFAULT_TAU  # with 10 iterations φ ends at e^-0.5; τ = 5 on the "all" types silences the net
+    # 5 × 4 rehearsal steps with the forget term below: a tenth of a 3-epoch retrain's batches (40 of 564), chosen in
+    # bench/README.md (issue 18, "fnn's forget term"); 10 × 5 without the term before ("Choosing fnn's iterations")
+    fnn_iterations: int = 5
+    fnn_rehearse_steps: int = 4
+    fnn_tau: float = DEFAULT_TAU  # with 5 iterations φ ends at e^-0.25; τ = 5 on the "all" types silences the net
     fnn_tau_min: float = DEFAULT_TAU_MIN
     fnn_tau_max: float = DEFAULT_TAU_MAX
     fnn_fraction: float = DEFAULT_FRACTION
@@ -72,8 +75,8 @@ class ClassifierUnlearningOptions:
     # Ours (0 = the reading above, rehearsal on retained data only): each rehearsal step also adds this weight times
     # −log(1 − p_y(x)) on a forget batch (the item's own label pushed to probability 0) -- arXiv 2410.22374 v2's
     # abstract names a learn/unlearn protocol "on retain and forget sets" without its loss; measured in
-    # bench/README.md (issue 18, "fnn's forget term").
-    fnn_forget_weight: float = 0.0
+    # bench/README.md (issue 18, "fnn's forget term"): 0.3 closes most of the membership-AUC gap to retrain.
+    fnn_forget_weight: float = 0.3
     # ---- noise (UNSIR, the notebook's values): noise per forget class, impair, repair ----
     noise_batch: int = 64
     noise_steps: int = 40
@@ -86,14 +89,21 @@ class ClassifierUnlearningOptions:
     uniform_epochs: int = 3
     uniform_lr: float = 1e-3
     relearn_epochs: int = 1
-    uniform_steps: int | None = None  # at most this many uniform-target steps (None: the epochs; ours, a cost knob)
-    relearn_steps: int | None = None  # at most this many relearn steps (None: the epochs)
+    # Ours, a cost knob: at most this many uniform-target / relearn steps (None: adu3010's epochs decide, which cost
+    # about a retrain of a small classifier); 15 + 30 measured in bench/README.md (issue 18, "uniform's step caps").
+    uniform_steps: int | None = 15
+    relearn_steps: int | None = 30
     # ---- measurement: at most this many forget items and as many non-members for the attack ----
     mia_max_items: int = 2000
+    # each method run this many times from its own copy, `seconds` the median (a sub-second method's wall time moves
+    # by ±30 % between single runs on a shared CPU); the model measured is the first run's (the runs are identical)
+    timing_repeats: int = 1
 
     def __post_init__(self) -> None:
         if self.fnn_forget_weight < 0:
             raise ValueError(f"fnn_forget_weight: got {self.fnn_forget_weight}, expected >= 0 (0 turns the term off)")
+        if self.timing_repeats < 1:
+            raise ValueError(f"timing_repeats: got {self.timing_repeats}, expected >= 1 (1 times each method once)")
         for name in ("uniform_steps", "relearn_steps"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -533,22 +543,31 @@ def compare(methods: Sequence[str], model: nn.Module, task: ClassifierTask, *, s
             options: ClassifierUnlearningOptions | None = None) -> list[dict[str, Any]]:
     """Run each named method from its own deep copy of the trained `model` and measure all the same way.
 
-    One row per method: `method`, `request` ("class" or "items"), `seconds` (the method's wall time), the `measure`
-    keys and the method's details. Each method's randomness comes from (seed, method name), so the same seed gives
-    the same numbers (on the CPU; `seconds` aside) whatever else is in `methods`.
+    One row per method: `method`, `request` ("class" or "items"), `seconds` (the method's wall time; the median of
+    `timing_repeats` runs, each listed in `seconds_runs`), the `measure` keys and the method's details. Each
+    method's randomness comes from (seed, method name), so the same seed gives the same numbers (on the CPU;
+    `seconds` aside) whatever else is in `methods`.
     """
     o = options or ClassifierUnlearningOptions()
     rows = []
     for name in methods:
-        method = CLASSIFIER_METHODS[name]
-        candidate = copy.deepcopy(model)
-        with _seeded(seed, "classifier-unlearning", name) as generator:
-            start = time.perf_counter()
-            unlearned, details = method(candidate, task, o, generator)
-            seconds = time.perf_counter() - start
-        rows.append({"method": name, "request": "class" if task.forget_classes else "items", "seconds": seconds,
+        runs = [_timed_run(name, model, task, o, seed) for _ in range(o.timing_repeats)]
+        unlearned, details, _ = runs[0]
+        seconds = [run[2] for run in runs]
+        rows.append({"method": name, "request": "class" if task.forget_classes else "items",
+                     "seconds": statistics.median(seconds), "seconds_runs": seconds,
                      **measure(unlearned, task, seed=seed, options=o), **details})
     return rows
+
+
+def _timed_run(name: str, model: nn.Module, task: ClassifierTask, o: ClassifierUnlearningOptions, seed: int
+               ) -> tuple[nn.Module, dict[str, Any], float]:
+    """One run of method `name` from a deep copy of `model` on its (seed, name) stream: (model, details, seconds)."""
+    candidate = copy.deepcopy(model)
+    with _seeded(seed, "classifier-unlearning", name) as generator:
+        start = time.perf_counter()
+        unlearned, details = CLASSIFIER_METHODS[name](candidate, task, o, generator)
+        return unlearned, details, time.perf_counter() - start
 
 
 def compare_with_reference(methods: Sequence[str], model: nn.Module, task: ClassifierTask, reference: nn.Module,
