@@ -34,6 +34,7 @@ from fedgan.aggregation import site_log_weights  # noqa: E402
 from fedgan.evaluation.mixture import site_responsibilities  # noqa: E402
 from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import load_scenario  # noqa: E402
+from fedgan.storage import atomic_write_text  # noqa: E402
 
 
 def measure(federation: TrainedFederation, label: str, samples: int, forget_class: int) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def measure(federation: TrainedFederation, label: str, samples: int, forget_clas
     in_class = predicted == forget_class
     rho_in_class = (site_responsibilities(logits[:, torch.from_numpy(in_class)], log_w).numpy()
                     if in_class.any() else np.full(len(weights), float("nan")))
-    ratio = np.where(weights > 0, rho / np.where(weights > 0, weights, 1.0), np.nan)
+    ratio = np.divide(rho, weights, out=np.full_like(rho, np.nan), where=weights > 0)  # a site left empty: no ratio
     return {"state": label, "round": server.round, "class": forget_class, "class_share": float(in_class.mean()),
             "weights": _rounded(weights), "rho": _rounded(rho), "rho_over_w": _rounded(ratio),
             "rho_in_class": _rounded(rho_in_class),
@@ -77,6 +78,9 @@ def main() -> None:
     scenario = load_scenario(args.scenario)
     if args.seed is not None:
         scenario = scenario.replace(seed=args.seed)
+    if scenario.model.conditional:
+        raise SystemExit(f"{args.scenario}: model.conditional = true; this diagnostic reads an unconditional G's "
+                         "samples (set model.conditional = false, or pick an unconditional scenario)")
     if not scenario.forget:
         raise SystemExit(f"{args.scenario}: no [[forget]] request to serve (add one, or pick a forget scenario)")
     rounds = scenario.forget[0].round
@@ -101,8 +105,7 @@ def main() -> None:
             if step % args.every == 0:
                 rows.append(measure(federation, f"{method}+{step}", args.samples, forget_class))
                 print(json.dumps(rows[-1]), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 if __name__ == "__main__":
