@@ -2,7 +2,7 @@
 
 For B samples of G, each site's discriminator gives a logit ℓ_j(x); under Universal Aggregation the responsibility of
 site j for a sample is softmax_j(ℓ_j + log w_j), and its mean over G's samples, ρ_j, equals the weight w_j when G's
-distribution is the weighted mixture of the sites' data (`fedgan.evaluation.mixture.site_responsibilities`; our
+distribution is the weighted mixture of the sites' data (`fedgan.aggregation.site_responsibilities`; our
 diagnostic, not a paper's). The script trains the scenario in process up to its first request's round (or reuses
 `--cache`), then measures the trained state, serves that round's requests with each of `--methods` from the same
 trained state and measures again, and after each method runs `--after-rounds` plain rounds, measuring every
@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trained_federation import TrainedFederation  # noqa: E402
 
-from fedgan.aggregation import site_log_weights  # noqa: E402
-from fedgan.evaluation.mixture import site_responsibilities  # noqa: E402
+from fedgan.aggregation import site_log_weights, site_responsibilities  # noqa: E402
 from fedgan.preparation import prepare  # noqa: E402
 from fedgan.scenario import load_scenario  # noqa: E402
 from fedgan.storage import atomic_write_text  # noqa: E402

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fedgan.aggregation import answer_log_weights, get_aggregator
+from fedgan.aggregation import answer_log_weights, get_aggregator, site_responsibilities
 from fedgan.engine import SiteEngine, SiteInfo
 from fedgan.faults import fault_point
 from fedgan.models import Generator, build_generator
@@ -72,6 +72,23 @@ def screen_answers(answers: dict[int, SiteReply], fake: torch.Tensor, limit: flo
     return replies, dict(sorted(rejected.items()))
 
 
+def answer_responsibilities(replies: dict[int, SiteReply], logits: torch.Tensor, log_w: torch.Tensor
+                            ) -> dict[int, tuple[float, float, tuple[int, ...]]]:
+    """Per answer key (in key order, as `logits` and `log_w`), its UA responsibility for the round's batch
+    (`site_responsibilities`), its mean normalised weight and the sites behind it: ρ / w above 1 says G's batch leans
+    towards that answer's data more than its weight asks."""
+    rho = site_responsibilities(logits, log_w)
+    weight = log_w.double().exp().mean(dim=1)
+    return {key: (float(r), float(w), tuple(replies[key].sites) if isinstance(replies[key], GroupReply) else (key,))
+            for key, r, w in zip(sorted(replies), rho, weight)}
+
+
+def scaled_log_weights(log_w: torch.Tensor, scales: list[float]) -> torch.Tensor:
+    """Log weights (K', B) with answer k's weight times scales[k], renormalised over the answers per sample."""
+    shifted = log_w.double() + torch.log(torch.tensor(scales, dtype=torch.float64))[:, None]
+    return shifted - torch.logsumexp(shifted, dim=0, keepdim=True)
+
+
 def site_mean(values: list[float], sites: list[int]) -> float:
     """The mean over sites of per-answer means, answer k standing for `sites[k]` sites."""
     return float(np.mean(np.repeat(values, sites)))
@@ -110,6 +127,10 @@ class GeneratorServer:
         self.site_ids = [info.site_id for info in sites]
         self.rng = torch_generator(s.seed, "server", "latent")
         self.round = 0
+        # Per answer key, a factor on its aggregation weight for G's step (the repair balance of a forget request;
+        # empty in training), and what the last round read off the answers under the unscaled weights.
+        self.answer_weight_scale: dict[int, float] = {}
+        self.last_responsibilities: dict[int, tuple[float, float, tuple[int, ...]]] = {}  # key -> (ρ, w, sites)
         total = self.class_counts.sum(0).astype(np.float64)
         self.label_prior = torch.from_numpy(total / total.sum())
 
@@ -170,6 +191,9 @@ class GeneratorServer:
         logits = torch.stack([replies[s].logits for s in sorted(replies)])  # (K', B)
         input_grads = torch.stack([replies[s].input_grads for s in sorted(replies)])  # (K', B, C, H, W)
         log_w = answer_log_weights(replies, self.class_counts, self.site_ids, labels, t.site_weights, t.batch_size)
+        self.last_responsibilities = answer_responsibilities(replies, logits, log_w)
+        if self.answer_weight_scale:
+            log_w = scaled_log_weights(log_w, [self.answer_weight_scale.get(key, 1.0) for key in sorted(replies)])
         loss, grad = self.aggregator.generator_gradient(logits, input_grads, log_w)
         # ---------------- update G ----------------
         self.optimizer.zero_grad(set_to_none=True)

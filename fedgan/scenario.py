@@ -39,7 +39,7 @@ SITE_WEIGHTS = ("size", "uniform", "per_class")
 PARTIAL_RECIPE: dict[str, Any] = {"stages": 5, "stage-g-rounds": 4, "generator-lr-scale": 2.0,
                                   "repair-rounds": 40, "drop-class-weight": True}
 PARTIAL_KEYS = ("stages", "stage-d-steps", "stage-g-rounds", "generator-lr-scale", "weight", "fake-label",
-                "repair-rounds", "drop-class-weight")
+                "repair-rounds", "repair-balance", "repair-balance-gain", "drop-class-weight")
 MAX_CPUS_PER_SITE = 4096  # a site's torch thread count: beyond any machine, and far below a C int
 LABEL_SAMPLING = ("uniform", "data")
 R1_TARGETS = ("logit", "probability")
@@ -176,6 +176,10 @@ class UnlearningConfig:
     fake_label: Any = 0.0
     relearn_rounds: int = 10
     repair_rounds: int = 40  # cascaded, fnn: G rounds at G's own learning rate after the stages
+    # The repair balance (ours, fedgan.unlearning.repair_balance): "none", "holders" or "all" answers' weights in the
+    # repair rounds scaled by their smoothed (ρ / w)^(−gain), read off each round's own answers.
+    repair_balance: str = "none"
+    repair_balance_gain: float = 1.0
     noise_steps: int = 40
     impair_lr_scale: float = 10.0
     drop_class_weight: bool = False
@@ -528,6 +532,12 @@ def _validate_unlearning_config(u: UnlearningConfig) -> None:
     _require(u.impair_lr_scale > 0, "unlearning.impair-lr-scale", f"got {u.impair_lr_scale}", "use a positive factor")
     _require(u.generator_lr_scale > 0, "unlearning.generator-lr-scale", f"got {u.generator_lr_scale}",
              "use a positive factor (1 = G's training learning rate)")
+    from fedgan.unlearning.repair_balance import BALANCE_MODES
+
+    _require(u.repair_balance in BALANCE_MODES, "unlearning.repair-balance", f"got {u.repair_balance!r}",
+             f"use one of {', '.join(repr(m) for m in BALANCE_MODES)}")
+    _require(u.repair_balance_gain > 0, "unlearning.repair-balance-gain", f"got {u.repair_balance_gain}",
+             "use a positive exponent (1: the weight divided by ρ / w)")
     workers = u.proof_workers
     _require(workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0),
              "unlearning.proof-workers", f"got {workers!r}", 'use "auto", 0 (in line) or a number of Ray workers')

@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from fedgan.aggregation import AGGREGATORS, answer_log_weights, get_aggregator, pre_aggregate, site_log_weights
+from fedgan.aggregation import (
+    AGGREGATORS,
+    answer_log_weights,
+    get_aggregator,
+    pre_aggregate,
+    site_log_weights,
+    site_responsibilities,
+)
 from fedgan.site import SiteReply
 
 
@@ -176,3 +183,18 @@ def test_a_node_screens_its_sites_before_it_aggregates():
     empty = pre_aggregate(get_aggregator("ua"), everyone_broken, np.ones((3, 2), int), None, "size",
                           torch.zeros(4, 1, 2, 2), 1e4)
     assert empty.sites == () and sorted(empty.rejected) == [0, 1, 2]
+
+
+def test_site_responsibilities_equal_the_weights_when_every_site_scores_alike_and_follow_a_confident_site():
+    log_w = torch.log(torch.tensor([[0.5], [0.3], [0.2]]))
+    alike = torch.full((3, 8), 0.7)
+    assert torch.allclose(site_responsibilities(alike, log_w), torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
+    confident = alike.clone()
+    confident[2] = 30.0  # site 2's discriminator calls every sample its own
+    rho = site_responsibilities(confident, log_w)
+    assert rho[2] > 0.999 and abs(float(rho.sum()) - 1.0) < 1e-12
+
+
+def test_site_responsibilities_refuse_mismatched_shapes():
+    with pytest.raises(ValueError, match="site_responsibilities"):
+        site_responsibilities(torch.zeros(3, 8), torch.zeros(2, 1))

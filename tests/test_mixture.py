@@ -12,7 +12,7 @@ import torch
 from fedgan.datasets import load_dataset, select_classes
 from fedgan.errors import DataError, ScenarioError
 from fedgan.evaluation.classifier import label_logits, load_or_train_evaluator
-from fedgan.evaluation.mixture import disjoint_site_labels, mixture_report, mode_counts, site_responsibilities
+from fedgan.evaluation.mixture import disjoint_site_labels, mixture_report, mode_counts
 from fedgan.partition import partition_dataset
 from fedgan.scenario import PartitionConfig
 from scenarios.runner import run_scenario
@@ -160,18 +160,3 @@ def test_fid_reference_keeps_to_the_labels_the_federation_holds():
     held = splits.test.labels[np.isin(splits.test.labels.numpy(), [1, 7])]
     assert len(reference) == len(held) == 40
     assert torch.equal(real_reference(splits, 30), splits.test.float_images()[:30])  # all labels: unchanged
-
-
-def test_site_responsibilities_equal_the_weights_when_every_site_scores_alike_and_follow_a_confident_site():
-    log_w = torch.log(torch.tensor([[0.5], [0.3], [0.2]]))
-    alike = torch.full((3, 8), 0.7)
-    assert torch.allclose(site_responsibilities(alike, log_w), torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
-    confident = alike.clone()
-    confident[2] = 30.0  # site 2's discriminator calls every sample its own
-    rho = site_responsibilities(confident, log_w)
-    assert rho[2] > 0.999 and abs(float(rho.sum()) - 1.0) < 1e-12
-
-
-def test_site_responsibilities_refuse_mismatched_shapes():
-    with pytest.raises(ValueError, match="site_responsibilities"):
-        site_responsibilities(torch.zeros(3, 8), torch.zeros(2, 1))

@@ -665,3 +665,47 @@ def test_retrain_seeds_is_a_positive_count_and_repeats_only_a_listed_retrain():
     assert extra_training_seeds(tiny_scenario(unlearning={"retrain-seeds": 3})) == [4, 5]  # seed 3, then 4, 5
     # a bench or a CLI override that drops retrain leaves nothing to repeat (no error: the setting is inert)
     assert extra_training_seeds(tiny_scenario(unlearning={"methods": ["cascaded"], "retrain-seeds": 3})) == []
+
+
+@pytest.mark.parametrize("mode", ["holders", "all"])
+def test_a_balanced_repair_scales_only_the_repair_rounds_and_leaves_the_true_weights_afterwards(
+        tmp_path, monkeypatch, mode):
+    # Prepare: a partial class request (a class another site also holds), 3 repair rounds with the balance on.
+    base = forget_scenario(["cascaded"], [])
+    labels, positions = _labels_and_positions(base)
+    held = [set(np.unique(labels[p]).tolist()) for p in positions]
+    shared = next(c for c in held[0] if any(c in other for other in held[1:]))
+    holders = [site for site, classes in enumerate(held) if site != 0 and shared in classes]
+    partial = {"repair-rounds": 3, "repair-balance": mode}
+    scenario = tiny_scenario(training={"rounds": 4}, evaluation={"every": 0},
+                             unlearning={**FAST_UNLEARNING, "methods": ["cascaded"], "partial": partial},
+                             forget=[{"site": 0, "class": shared, "round": 2}])
+    scales_seen = []
+    original_step = GeneratorServer.step
+
+    def recording_step(server, engine):
+        scales_seen.append(dict(server.answer_weight_scale))
+        return original_step(server, engine)
+
+    monkeypatch.setattr(GeneratorServer, "step", recording_step)
+
+    # Execute
+    (entry,) = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)["unlearning"]
+
+    # Assert: the stages' rounds and the first repair round use the true weights; the later repair rounds scale
+    # the balanced answers only (the remaining holders, or every answer), and training afterwards is unscaled.
+    stage_rounds = FAST_UNLEARNING["stages"] * FAST_UNLEARNING["stage-g-rounds"]
+    repair = scales_seen[2 + stage_rounds:2 + stage_rounds + 3]
+    assert all(not scales for scales in scales_seen[:2 + stage_rounds]) and repair[0] == {}
+    balanced = set(holders) if mode == "holders" else set(range(scenario.sites.count))
+    assert all(set(scales) == balanced and all(0.5 <= v <= 2.0 for v in scales.values()) for scales in repair[1:])
+    assert all(not scales for scales in scales_seen[2 + stage_rounds + 3:])
+    assert entry["details"]["repair_balance"] == mode and set(entry["details"]["balance_ratios"]) == set(
+        map(str, balanced))
+
+
+def test_an_unknown_repair_balance_is_refused_naming_the_key():
+    with pytest.raises(ScenarioError, match="unlearning.repair-balance"):
+        tiny_scenario(unlearning={"repair-balance": "some"})
+    with pytest.raises(ScenarioError, match="unlearning.partial.repair-balance-gain"):
+        tiny_scenario(unlearning={"partial": {"repair-balance-gain": 0}})

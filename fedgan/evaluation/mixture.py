@@ -102,18 +102,3 @@ def headline(report: dict[str, Any] | None) -> dict[str, float]:
     keys = ("mae", "site_share_max_error", "label_fidelity")
     names = {"mae": "mixture_mae"}
     return {names.get(key, key): report[key] for key in keys if key in report}
-
-
-def site_responsibilities(logits: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
-    """Each site's mean responsibility for G's samples under UA, shape (K,): ρ_j = mean_x softmax_j(ℓ_j(x) + log w_j).
-
-    logits (K, B): the sites' discriminator logits on B samples of G; log_weights (K, B) or (K, 1): the UA log
-    weights. With calibrated discriminators, ℓ_j ≈ log p_j / q and softmax_j is w_j p_j / Σ_k w_k p_k, whose mean over
-    samples of G equals w_j when G's distribution is the mixture Σ_k w_k p_k; ρ_j / w_j far from 1 says which site's
-    data G over- or under-serves, read from the sites' own discriminators, without a retrain (a diagnostic of ours,
-    not a paper's measurement; `bench/ua_responsibility.py`).
-    """
-    if logits.dim() != 2 or log_weights.dim() != 2 or log_weights.shape[0] != logits.shape[0]:
-        raise ValueError(f"site_responsibilities: logits (K, B) and log_weights (K, B or 1) expected, got "
-                         f"{tuple(logits.shape)} and {tuple(log_weights.shape)}")
-    return torch.softmax(logits.double() + log_weights.double(), dim=0).mean(dim=1)

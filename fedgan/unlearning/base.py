@@ -21,6 +21,7 @@ from fedgan.engine import SiteEngine, SiteIds, StageOrder
 from fedgan.faults import fault_point
 from fedgan.registry import Registry
 from fedgan.site_unlearning import UnlearnStageOptions
+from fedgan.unlearning.repair_balance import ResponsibilityBalance
 
 if TYPE_CHECKING:  # annotations only: the scenario schema imports this registry to validate method names
     from fedgan.federation import GeneratorServer
@@ -44,6 +45,7 @@ class UnlearningJob:
     rounds_used: int = 0
     stage_stats: list[dict[str, Any]] = field(default_factory=list)
     weights_dropped: bool = False
+    balance_ratios: dict[str, float] = field(default_factory=dict)  # the repair balance's last ρ̄ / w per answer
 
     def generator_rounds(self, count: int, lr_scale: float | None = None) -> None:
         """`count` normal UA rounds (every site's D step on its real stream, which excludes the forget items),
@@ -53,6 +55,37 @@ class UnlearningJob:
             for _ in range(count):
                 self.server.step(self.engine)
         self.rounds_used += count
+
+    def repair(self, count: int) -> None:
+        """`count` repair rounds at G's own learning rate; with `repair-balance`, each answer's weight in G's step
+        scaled by its smoothed responsibility ratio (`fedgan.unlearning.repair_balance`, ours)."""
+        mode = self.config.repair_balance
+        if mode == "none" or count <= 0:
+            self.generator_rounds(count, lr_scale=1.0)
+            return
+        balance = ResponsibilityBalance(self.config.repair_balance_gain,
+                                        self.remaining_holders() if mode == "holders" else None)
+        try:
+            for _ in range(count):
+                self.server.answer_weight_scale = balance.scales()
+                self.generator_rounds(1, lr_scale=1.0)
+                balance.observe(self.server.last_responsibilities)
+        finally:
+            self.server.answer_weight_scale = {}
+        self.balance_ratios = {str(key): round(ratio, 4) for key, ratio in sorted(balance.ratios.items())}
+
+    def remaining_holders(self) -> list[int]:
+        """Sites that still hold a class of this batch's forget items once those items are gone."""
+        counts = np.asarray(self.server.class_counts, dtype=np.int64).copy()
+        if not self.weights_dropped:
+            for site, ids in self.forget_ids.items():
+                counts[self.server.site_ids.index(site)] -= self.removed_counts(ids, counts.shape[1])
+        classes = sorted({int(c) for ids in self.forget_ids.values() for c in self.labels_of(np.asarray(ids))})
+        return [site for site, row in zip(self.server.site_ids, counts) if row[classes].sum() > 0]
+
+    def removed_counts(self, ids: np.ndarray, num_classes: int) -> np.ndarray:
+        """Per class, how many of `ids` (a site's forget items) it holds."""
+        return np.bincount(self.labels_of(np.asarray(ids)), minlength=num_classes)
 
     def site_d_steps(self) -> int:
         """The sites' D steps this job has cost so far: every site's `d-steps` in each generator round it drove
@@ -98,8 +131,7 @@ class UnlearningJob:
         counts = self.server.class_counts
         for site, ids in self.forget_ids.items():
             index = self.server.site_ids.index(site)
-            removed = np.bincount(self.labels_of(ids), minlength=counts.shape[1])
-            counts[index] = np.maximum(counts[index] - removed, 0)
+            counts[index] = np.maximum(counts[index] - self.removed_counts(ids, counts.shape[1]), 0)
         self.weights_dropped = True
 
     def commit(self) -> None:

@@ -38,7 +38,7 @@ def run_cascade(job: UnlearningJob, fake_label: Any) -> None:
     for stage in range(1, job.config.stages + 1):
         job.site_stage(options, stage)
         job.generator_rounds(job.config.stage_g_rounds)
-    job.generator_rounds(job.config.repair_rounds, lr_scale=1.0)
+    job.repair(job.config.repair_rounds)
 
 
 @register_method
@@ -50,5 +50,8 @@ class Cascaded(UnlearningMethod):
     def run(self, job: UnlearningJob) -> dict[str, Any]:
         run_cascade(job, job.config.fake_label)
         job.commit()
-        return {"fake_label": job.config.fake_label, "stages": job.config.stages,
-                "repair_rounds": job.config.repair_rounds}
+        details = {"fake_label": job.config.fake_label, "stages": job.config.stages,
+                   "repair_rounds": job.config.repair_rounds}
+        if job.config.repair_balance != "none":
+            details.update(repair_balance=job.config.repair_balance, balance_ratios=job.balance_ratios)
+        return details

@@ -37,7 +37,7 @@ class ForgettingNetworks(UnlearningMethod):
         for stage in range(1, c.stages + 1):
             job.site_stage(options, stage)
             job.generator_rounds(c.stage_g_rounds)
-        job.generator_rounds(c.repair_rounds, lr_scale=1.0)  # as the cascade's repair: G settles at its own rate
+        job.repair(c.repair_rounds)  # as the cascade's repair: G settles at its own rate
         job.commit()
         return {"fnn_layer": layer, "fnn_tau": c.fnn_tau, "fnn_tau_min": c.fnn_tau_min, "fnn_tau_max": c.fnn_tau_max,
                 "fnn_fraction": c.fnn_fraction, "stages": c.stages, "repair_rounds": c.repair_rounds}
