@@ -23,9 +23,13 @@ def test_the_ratio_is_smoothed_over_rounds_and_only_the_named_sites_are_balanced
     balance = ResponsibilityBalance(gain=2.0, sites=[4])
     balance.observe({4: (0.12, 0.10, (4,)), 5: (0.30, 0.10, (5,))})
     balance.observe({4: (0.10, 0.10, (4,)), 5: (0.30, 0.10, (5,))})
-    expected = (1 - SMOOTHING) * 1.2 + SMOOTHING * 1.0
-    assert balance.ratios == {4: pytest.approx(expected)}
-    assert balance.scales() == {4: pytest.approx(expected ** -2.0)}
+    assert balance.ratios == {4: pytest.approx(1.1)}  # the plain mean of the first rounds
+    assert balance.scales() == {4: pytest.approx(1.1 ** -2.0)}
+    for _ in range(20):
+        balance.observe({4: (0.10, 0.10, (4,))})
+    before = balance.ratios[4]
+    balance.observe({4: (0.20, 0.10, (4,))})  # past 1 / SMOOTHING rounds: exponential smoothing
+    assert balance.ratios[4] == pytest.approx((1 - SMOOTHING) * before + SMOOTHING * 2.0)
     grouped = ResponsibilityBalance(gain=1.0, sites=[4])
     grouped.observe({3: (0.2, 0.1, (3, 4)), 7: (0.2, 0.1, (7, 8))})  # a node's answer counts if it holds a site named
     assert set(grouped.ratios) == {3}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 BALANCE_MODES = ("none", "holders", "all")
 MAX_SCALE = 2.0
-SMOOTHING = 0.1  # weight of the newest round in ρ̄ / w: about ten rounds of 64 samples each
+SMOOTHING = 0.1  # weight of the newest round in ρ̄ / w once ten rounds are in (64 samples each)
 
 
 @dataclass
@@ -28,6 +28,7 @@ class ResponsibilityBalance:
     gain: float
     sites: Collection[int] | None = None  # the sites to balance (None: every answer)
     ratios: dict[int, float] = field(default_factory=dict)  # answer key -> smoothed ρ / w
+    readings: dict[int, int] = field(default_factory=dict)  # answer key -> rounds read so far
 
     def scales(self) -> dict[int, float]:
         """Answer key -> the factor on its weight for the next round (1 where nothing was read yet)."""
@@ -38,6 +39,9 @@ class ResponsibilityBalance:
         for key, (rho, weight, sites) in readings.items():
             if weight <= 0 or (self.sites is not None and not set(sites) & set(self.sites)):
                 continue
-            ratio = rho / weight
-            previous = self.ratios.get(key)
-            self.ratios[key] = ratio if previous is None else (1 - SMOOTHING) * previous + SMOOTHING * ratio
+            # The plain mean until 1 / SMOOTHING rounds are in, then exponential smoothing: a first round of 64
+            # samples alone is too noisy to steer by.
+            count = self.readings.get(key, 0) + 1
+            rate = max(1.0 / count, SMOOTHING)
+            self.readings[key] = count
+            self.ratios[key] = (1 - rate) * self.ratios.get(key, 0.0) + rate * rho / weight
