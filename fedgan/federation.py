@@ -127,9 +127,10 @@ class GeneratorServer:
         self.site_ids = [info.site_id for info in sites]
         self.rng = torch_generator(s.seed, "server", "latent")
         self.round = 0
-        # Per answer key, a factor on its aggregation weight for G's step (the repair balance of a forget request;
-        # empty in training), and what the last round read off the answers under the unscaled weights.
-        self.answer_weight_scale: dict[int, float] = {}
+        # Per answer key, a factor on its aggregation weight for G's step while a forget request's repair balance
+        # runs (None otherwise: training reads and scales nothing), and what the last such round read off the
+        # answers under the unscaled weights.
+        self.answer_weight_scale: dict[int, float] | None = None
         self.last_responsibilities: dict[int, tuple[float, float, tuple[int, ...]]] = {}  # key -> (ρ, w, sites)
         total = self.class_counts.sum(0).astype(np.float64)
         self.label_prior = torch.from_numpy(total / total.sum())
@@ -191,8 +192,8 @@ class GeneratorServer:
         logits = torch.stack([replies[s].logits for s in sorted(replies)])  # (K', B)
         input_grads = torch.stack([replies[s].input_grads for s in sorted(replies)])  # (K', B, C, H, W)
         log_w = answer_log_weights(replies, self.class_counts, self.site_ids, labels, t.site_weights, t.batch_size)
-        self.last_responsibilities = answer_responsibilities(replies, logits, log_w)
-        if self.answer_weight_scale:
+        if self.answer_weight_scale is not None:  # the repair balance: read ρ / w, then scale the weights
+            self.last_responsibilities = answer_responsibilities(replies, logits, log_w)
             log_w = scaled_log_weights(log_w, [self.answer_weight_scale.get(key, 1.0) for key in sorted(replies)])
         loss, grad = self.aggregator.generator_gradient(logits, input_grads, log_w)
         # ---------------- update G ----------------

@@ -684,7 +684,7 @@ def test_a_balanced_repair_scales_only_the_repair_rounds_and_leaves_the_true_wei
     original_step = GeneratorServer.step
 
     def recording_step(server, engine):
-        scales_seen.append(dict(server.answer_weight_scale))
+        scales_seen.append(dict(server.answer_weight_scale or {}))
         return original_step(server, engine)
 
     monkeypatch.setattr(GeneratorServer, "step", recording_step)

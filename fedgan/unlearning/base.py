@@ -71,7 +71,7 @@ class UnlearningJob:
                 self.generator_rounds(1, lr_scale=1.0)
                 balance.observe(self.server.last_responsibilities)
         finally:
-            self.server.answer_weight_scale = {}
+            self.server.answer_weight_scale = None
         self.balance_ratios = {str(key): round(ratio, 4) for key, ratio in sorted(balance.ratios.items())}
 
     def remaining_holders(self) -> list[int]:
