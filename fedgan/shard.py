@@ -82,6 +82,8 @@ class SiteShard:
 
     def restore_ids(self, forgotten: set[int], excluded: set[int]) -> None:
         """Return to a saved state of forgotten and excluded ids (from a site's persisted state)."""
+        if forgotten == self.forgotten and excluded == self.excluded:
+            return  # the active positions follow from these two sets alone: nothing to recompute
         self.excluded = set(excluded)
         if forgotten != self.forgotten:
             self._apply_forgotten(forgotten)

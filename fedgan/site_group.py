@@ -29,6 +29,7 @@ import torch
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
+from fedgan.flat_state import is_flat, read_flat, write_flat
 from fedgan.precision import autocast
 from fedgan.schedule import learning_rate_factor
 from fedgan.site import Site, SiteReply, to_cpu
@@ -360,19 +361,19 @@ class SiteGroup:
             site.shard.restore_ids(saved["forgotten"], saved["excluded"])
 
     def save_state(self, handle: BinaryIO) -> None:
-        """The group's state written with torch.save, every tensor on the CPU (loads with weights_only). The live
+        """The group's state written in the flat format (`fedgan.flat_state`), every tensor on the CPU. The live
         tensors are written as they are (no copy): call it between rounds."""
         state = {"params": self.params, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
                  "adam_steps": self.adam_steps,
                  "sites": [{"rng": site.rng.get_state(), "steps": site.steps, "forgotten": site.shard.forgotten,
                             "excluded": site.shard.excluded} for site in self.sites]}
-        torch.save(_saved_form(state, on_cpu=self.device.type == "cpu"), handle)
+        write_flat(handle, _saved_form(state, on_cpu=self.device.type == "cpu"))
 
     @staticmethod
     def serialise_state(state: dict[str, Any]) -> bytes:
         """A `group_state` copy in `save_state`'s format (what `load_group_state_bytes` reads)."""
         buffer = io.BytesIO()
-        torch.save(_saved_form(state, on_cpu=False), buffer)
+        write_flat(buffer, _saved_form(state, on_cpu=False))
         return buffer.getvalue()
 
     def group_state_bytes(self) -> bytes:
@@ -382,12 +383,17 @@ class SiteGroup:
         return buffer.getvalue()
 
     def load_state_file(self, path: str | os.PathLike[str]) -> None:
-        """Inverse of `save_state` from a file: memory-mapped on the CPU and copied into the group's tensors."""
-        self._load_saved(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        """Inverse of `save_state` from a file, copied into the group's tensors (a file in the torch.save format
+        of earlier versions loads too)."""
+        with open(path, "rb") as handle:
+            self.load_group_state_bytes(bytearray(handle.read()))
 
-    def load_group_state_bytes(self, data: bytes) -> None:
-        """Inverse of `group_state_bytes`."""
-        self._load_saved(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    def load_group_state_bytes(self, data: bytes | bytearray) -> None:
+        """Inverse of `group_state_bytes` (bytes in the torch.save format of earlier versions load too)."""
+        if is_flat(data):
+            self._load_saved(read_flat(data))
+        else:
+            self._load_saved(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
 
     def _load_saved(self, state: dict[str, Any]) -> None:
         for saved in state["sites"]:
@@ -418,7 +424,7 @@ def _stack_padded(batches: list[tuple[torch.Tensor, torch.Tensor | None] | None]
 
 
 def _saved_form(state: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
-    """A group state as torch.save writes it: id sets as sorted int64 tensors, every tensor on the CPU."""
+    """A group state as `save_state` writes it: id sets as sorted int64 tensors, every tensor on the CPU."""
     saved = {key: state[key] for key in ("params", "exp_avg", "exp_avg_sq", "adam_steps")}
     saved["sites"] = [{"rng": site["rng"], "steps": site["steps"],
                        "forgotten": torch.tensor(sorted(site["forgotten"]), dtype=torch.int64),
