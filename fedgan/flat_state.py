@@ -19,6 +19,8 @@ before this format stay loadable.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import struct
 from typing import Any, BinaryIO
 
@@ -89,9 +91,14 @@ def read_flat(data: bytes | bytearray | memoryview) -> Any:
 
 
 def read_flat_file(path: Any) -> Any:
-    """`read_flat` of a file's bytes, read into one writable buffer (its tensors are views of that buffer)."""
+    """`read_flat` of a file, memory-mapped copy-on-write: its tensors are views of the mapping (pages are read
+    when touched, and nothing the caller does to them reaches the file). None when the file is not a flat state."""
     with open(path, "rb") as handle:
-        return read_flat(bytearray(handle.read()))
+        size = os.fstat(handle.fileno()).st_size
+        if size < len(MAGIC) or handle.read(len(MAGIC)) != MAGIC:
+            return None
+        mapping = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_COPY)
+    return read_flat(mapping)  # the tensors keep the mapping alive; it closes when the last of them goes
 
 
 def _strip(tree: Any, tensors: list[torch.Tensor]) -> Any:

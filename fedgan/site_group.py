@@ -29,7 +29,7 @@ import torch
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
-from fedgan.flat_state import is_flat, read_flat, write_flat
+from fedgan.flat_state import is_flat, read_flat, read_flat_file, write_flat
 from fedgan.precision import autocast
 from fedgan.schedule import learning_rate_factor
 from fedgan.site import Site, SiteReply, to_cpu
@@ -385,8 +385,10 @@ class SiteGroup:
     def load_state_file(self, path: str | os.PathLike[str]) -> None:
         """Inverse of `save_state` from a file, copied into the group's tensors (a file in the torch.save format
         of earlier versions loads too)."""
-        with open(path, "rb") as handle:
-            self.load_group_state_bytes(bytearray(handle.read()))
+        state = read_flat_file(path)
+        if state is None:  # the torch.save format of earlier versions
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        self._load_saved(state)
 
     def load_group_state_bytes(self, data: bytes | bytearray) -> None:
         """Inverse of `group_state_bytes` (bytes in the torch.save format of earlier versions load too)."""

@@ -63,6 +63,15 @@ def test_a_truncated_state_is_refused_with_what_is_missing(cut):
         read_flat(data[:end])
 
 
+def test_a_mapped_file_is_copy_on_write(tmp_path):
+    path = tmp_path / "state"
+    path.write_bytes(flat_bytes({"w": torch.ones(4)}))
+    state = read_flat_file(path)
+    state["w"] += 1
+    assert torch.equal(state["w"], torch.full((4,), 2.0))
+    assert torch.equal(read_flat_file(path)["w"], torch.ones(4))  # the file is untouched
+
+
 def test_another_format_and_unstorable_values_are_refused():
     buffer = io.BytesIO()
     torch.save({"w": torch.ones(2)}, buffer)
@@ -106,3 +115,5 @@ def test_a_group_state_file_loads_into_a_fresh_group_that_then_trains_the_same(t
     assert fresh.sites[1].shard.excluded == site.shard.excluded
     if file_format == "flat":
         assert set(read_flat_file(path)) == {"params", "exp_avg", "exp_avg_sq", "adam_steps", "sites"}
+    else:
+        assert read_flat_file(path) is None
