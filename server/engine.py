@@ -22,7 +22,7 @@ from fedgan.engine import SiteIds, SiteInfo, SitesSnapshot, StageOrder, Traffic
 from fedgan.node_state import NodeStateStore, node_folder
 from fedgan.scenario import Scenario
 from fedgan.site import GroupReply, SiteReply
-from server.simulation_latency import notify_pushed
+from server.simulation_latency import expect_replies, notify_pushed, wait_for_replies
 
 NODE_WAIT_SECONDS = 120.0
 NODE_STATE_DIR = "node-state"  # under the run directory: each node's state files (fedgan.node_state)
@@ -57,18 +57,20 @@ class FlowerEngine:
 
     # ---- one exchange: push, wake the dispatcher, pull ----
     def _exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
-        """Push `messages`, then pull every `engine.poll-interval` until every reply is in or `engine.round-timeout`
-        has passed (replaces `Grid.send_and_receive`, whose pulls sleep 0.1 s in simulation and 3 s in deployment)."""
+        """Push `messages`, then pull until every reply is in or `engine.round-timeout` has passed: after each reply
+        is stored under `run_simulation`, else every `engine.poll-interval` (replaces `Grid.send_and_receive`, whose
+        pulls sleep 0.1 s in simulation and 3 s in deployment; `server/simulation_latency.py`)."""
         waiting = set(self.grid.push_messages(messages))
         notify_pushed()
         deadline = time.monotonic() + (self.scenario.engine.round_timeout if timeout is None else timeout)
         replies: list[Message] = []
         while waiting and time.monotonic() < deadline:
+            expect_replies()  # before the pull: a reply stored during it ends the wait below at once
             pulled = list(self.grid.pull_messages(waiting))
             replies += pulled
             waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
             if waiting:
-                time.sleep(self.scenario.engine.poll_interval)
+                wait_for_replies(self.scenario.engine.poll_interval, deadline - time.monotonic())
         return replies
 
     # ---- joining ----

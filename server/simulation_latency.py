@@ -10,7 +10,13 @@
    `run_simulation`) wakes it at once; when nothing is pushed it passes every `DISPATCH_MAX_WAIT` (Flower's 0.1 s).
    Other Flower versions keep their own dispatcher (a warning says so); `flwr run` starts the simulation in
    another process, where only the first wait is shortened.
-3. The Ray call (public Ray configuration, not Flower's): Ray passes a task argument above 100 KB through its
+3. Replies, in the same process: between pulls `FlowerEngine` used to sleep `engine.poll-interval` (2 ms), and
+   each pull scans Flower's message store under its lock: on the 2-core machine that polling took about 8 ms of
+   CPU per round away from the sites' D steps (bench/RESULTS.md). `store_replies` is Flower 1.41's thread that
+   stores the workers' replies (`put_message_into_state`, internal), which also sets an event after each reply;
+   `wait_for_replies` waits on that event while such a thread runs in this process (under `run_simulation`), and
+   sleeps `engine.poll-interval` otherwise (the deployment engine, `flwr run`, other Flower versions).
+4. The Ray call (public Ray configuration, not Flower's): Ray passes a task argument above 100 KB through its
    shared-memory object store instead of inside the call, which on the 2-core machine costs about 6 ms more per
    call for the 200 KB image batch of a round at batch 64 (bench/flower_profile.py). `RAY_ENV` raises that limit
    to `RAY_INLINE_BYTES` through Ray's environment variable, which `ray.init` reads; a value the user has set is
@@ -23,7 +29,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
+from queue import Empty
 from typing import Any
 
 SUPPORTED_FLWR = ("1.41.",)  # the versions whose dispatcher this module's copy reproduces
@@ -33,7 +41,12 @@ RAY_INLINE_BYTES = 1 << 20  # Ray's default is 100 KB; one site's round message 
 RAY_INLINE_VARIABLE = "RAY_max_direct_call_object_size"
 RAY_ENV = {RAY_INLINE_VARIABLE: os.environ.get(RAY_INLINE_VARIABLE, str(RAY_INLINE_BYTES))}
 
+REPLY_MAX_WAIT = 0.1  # seconds a wait for replies lasts at most, even with no reply stored (a safety net)
+
 _pushed = threading.Event()
+_replied = threading.Event()
+_storing_threads = 0  # `store_replies` threads running in this process
+_storing_lock = threading.Lock()
 _installed = False
 
 
@@ -53,8 +66,41 @@ def dispatch_messages(state: Any, queue: Any, nodes_mapping: Any, f_stop: thread
         _pushed.wait(DISPATCH_MAX_WAIT)
 
 
+def store_replies(state: Any, queue: Any, f_stop: threading.Event) -> None:
+    """Flower 1.41's reply thread (each worker's reply into the LinkState), waking `wait_for_replies` after each."""
+    global _storing_threads
+    with _storing_lock:
+        _storing_threads += 1
+    try:
+        while not f_stop.is_set():
+            try:
+                reply = queue.get(timeout=1.0)
+            except Empty:
+                continue
+            state.store_message_res(reply)
+            _replied.set()
+    finally:
+        with _storing_lock:
+            _storing_threads -= 1
+
+
+def expect_replies() -> None:
+    """Call before each pull for replies: a reply stored after this call ends the next `wait_for_replies`."""
+    _replied.clear()
+
+
+def wait_for_replies(poll_interval: float, longest: float) -> None:
+    """Wait before the next pull: until a reply is stored (at most `longest` and `REPLY_MAX_WAIT` seconds) when
+    this process stores the simulation's replies itself, else `poll_interval` seconds."""
+    if _storing_threads > 0:
+        _replied.wait(max(0.0, min(longest, REPLY_MAX_WAIT)))
+    else:
+        time.sleep(poll_interval)
+
+
 def install_dispatcher() -> bool:
-    """Use `dispatch_messages` in Flower's simulation engine (this process); True when installed."""
+    """Use `dispatch_messages` and `store_replies` in Flower's simulation engine (this process); True when
+    installed."""
     global _installed
     if _installed:
         return True
@@ -67,5 +113,6 @@ def install_dispatcher() -> bool:
     from flwr.server.superlink.fleet.vce import vce_api
 
     vce_api.add_messages_to_queue = dispatch_messages
+    vce_api.put_message_into_state = store_replies
     _installed = True
     return True

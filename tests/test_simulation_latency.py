@@ -1,5 +1,6 @@
-"""The simulation engine's dispatcher, as fedgan installs it: a pushed message is dispatched at once, not at the
-next fixed 0.1 s pass (behaviour measured, with a period long enough that only the wake-up can explain it)."""
+"""The simulation engine's dispatcher and reply thread, as fedgan installs them: a pushed message is dispatched at
+once, not at the next fixed 0.1 s pass, and a stored reply ends the server's wait at once (behaviour measured, with
+periods long enough that only the wake-ups can explain it)."""
 from __future__ import annotations
 
 import json
@@ -60,6 +61,47 @@ def test_installing_replaces_the_dispatcher_of_the_simulation_engine():
 
     assert latency.install_dispatcher()
     assert vce_api.add_messages_to_queue is latency.dispatch_messages
+    assert vce_api.put_message_into_state is latency.store_replies
+
+
+class _ReplyState:
+    """The one LinkState call the reply thread makes: store a reply."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    def store_message_res(self, reply: str) -> None:
+        self.stored.append(reply)
+
+
+def test_a_stored_reply_ends_the_servers_wait_at_once(monkeypatch):
+    # Prepare: the reply thread runs, and the server waits for replies with a poll interval of 5 s.
+    monkeypatch.setattr(latency, "REPLY_MAX_WAIT", 5.0)
+    state, replies, stop = _ReplyState(), queue.Queue(), threading.Event()
+    thread = threading.Thread(target=latency.store_replies, args=(state, replies, stop), daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    latency.expect_replies()
+
+    # Execute: a worker's reply arrives 0.2 s into the wait.
+    threading.Timer(0.2, replies.put, args=("reply of node 7",)).start()
+    started = time.perf_counter()
+    latency.wait_for_replies(poll_interval=5.0, longest=4.0)
+    seconds = time.perf_counter() - started
+    stop.set()
+    thread.join(timeout=3.0)
+
+    # Assert: the wait ended on the reply (neither 5 s poll interval nor the 4 s deadline), which was stored first.
+    assert 0.15 < seconds < 1.0 and state.stored == ["reply of node 7"]
+    assert not thread.is_alive() and latency._storing_threads == 0
+
+
+def test_without_a_reply_thread_in_the_process_the_server_polls(monkeypatch):
+    monkeypatch.setattr(latency, "REPLY_MAX_WAIT", 5.0)
+    latency.expect_replies()
+    started = time.perf_counter()
+    latency.wait_for_replies(poll_interval=0.05, longest=4.0)
+    assert 0.04 < time.perf_counter() - started < 1.0  # the poll interval, not the event's 4 s
 
 
 def _ray_env_in_a_fresh_process(environment: dict[str, str]) -> dict[str, str]:
