@@ -123,7 +123,7 @@ class EngineConfig:
     device: str = "auto"
     batching: str = "auto"  # site groups: vmap (one batched computation), loop (site by site), auto (by device)
     round_timeout: float = 600.0
-    poll_interval: float = 0.002  # Flower: seconds between the server's pulls for replies (Flower's own: 0.1 s)
+    poll_interval: float = 0.002  # Flower: seconds between pulls for replies where no reply event wakes the server
     precision: str = "float32"  # or "bfloat16": mixed precision for the training computations (fedgan.precision)
 
 
