@@ -164,8 +164,9 @@ class GeneratorServer:
         return torch.cat(out)
 
     # ---- one round ----
-    def step(self, engine: SiteEngine) -> RoundRecord:
-        """One generator step against the aggregated site discriminators."""
+    def step(self, engine: SiteEngine, update_generator: bool = True) -> RoundRecord:
+        """One generator step against the aggregated site discriminators (`update_generator=False`: the sites'
+        half of the round only: G and its optimizer state stay as they are)."""
         started = time.perf_counter()
         t = self.scenario.training
         self.round += 1
@@ -175,8 +176,8 @@ class GeneratorServer:
                 group["lr"] = t.lr_generator * learning_rate_factor(t.lr_schedule, self.round, t.rounds)
         z = torch.randn(t.batch_size, self.generator.latent_dim, generator=self.rng).to(self.device)
         labels = self.sample_labels(t.batch_size, self.rng)
-        with autocast(self.device, self.scenario.engine.precision):  # G's forward only; G returns float32
-            fake = self.generator(z, labels.to(self.device) if labels is not None else None)
+        with autocast(self.device, self.scenario.engine.precision), torch.set_grad_enabled(update_generator):
+            fake = self.generator(z, labels.to(self.device) if labels is not None else None)  # G returns float32
         sent = fake.detach().cpu()
         replies, rejected = screen_answers(engine.train_round(self.round, sent, labels, weights=self.class_counts),
                                            sent, t.reply_limit)
@@ -197,9 +198,10 @@ class GeneratorServer:
             log_w = scaled_log_weights(log_w, [self.answer_weight_scale.get(key, 1.0) for key in sorted(replies)])
         loss, grad = self.aggregator.generator_gradient(logits, input_grads, log_w)
         # ---------------- update G ----------------
-        self.optimizer.zero_grad(set_to_none=True)
-        fake.backward(grad.to(self.device, fake.dtype))
-        self.optimizer.step()
+        if update_generator:
+            self.optimizer.zero_grad(set_to_none=True)
+            fake.backward(grad.to(self.device, fake.dtype))
+            self.optimizer.step()
         d_aggregate = float(self.aggregator.probability(logits.double(), log_w.double()).mean())
         answered = list(replies.values())
         sites = [len(r.sites) if isinstance(r, GroupReply) else 1 for r in answered]

@@ -40,7 +40,7 @@ SITE_WEIGHTS = ("size", "uniform", "per_class")
 PARTIAL_RECIPE: dict[str, Any] = {"stages": 5, "stage-g-rounds": 4, "generator-lr-scale": 2.0,
                                   "repair-rounds": 80, "drop-class-weight": True}
 PARTIAL_KEYS = ("stages", "stage-d-steps", "stage-g-rounds", "generator-lr-scale", "weight", "fake-label",
-                "repair-rounds", "repair-balance", "repair-balance-gain", "drop-class-weight")
+                "recalibrate-rounds", "repair-rounds", "repair-balance", "repair-balance-gain", "drop-class-weight")
 MAX_CPUS_PER_SITE = 4096  # a site's torch thread count: beyond any machine, and far below a C int
 LABEL_SAMPLING = ("uniform", "data")
 R1_TARGETS = ("logit", "probability")
@@ -176,6 +176,9 @@ class UnlearningConfig:
     weight: float = 1.0
     fake_label: Any = 0.0
     relearn_rounds: int = 10
+    # cascaded (ours): rounds after the stages in which every site takes its D step against G's samples while G
+    # holds still, so that the discriminators the stages moved settle against G before the repair steers it
+    recalibrate_rounds: int = 0
     repair_rounds: int = 40  # cascaded, fnn: G rounds at G's own learning rate after the stages
     # The repair balance (ours, fedgan.unlearning.repair_balance): "none", "holders" or "all" answers' weights in the
     # repair rounds scaled by their smoothed (ρ / w)^(−gain), read off each round's own answers.
@@ -513,7 +516,7 @@ def _validate_unlearning_config(u: UnlearningConfig) -> None:
                 "downstream_epochs", "lira_steps", "share_snapshots", "share_spacing", "retrain_seeds"):
         value = getattr(u, key)
         _require(value >= 1, f"unlearning.{_toml_key(key)}", f"got {value}", "use a positive integer")
-    for key in ("stage_g_rounds", "relearn_rounds", "repair_rounds", "noise_steps"):
+    for key in ("stage_g_rounds", "relearn_rounds", "recalibrate_rounds", "repair_rounds", "noise_steps"):
         value = getattr(u, key)
         _require(value >= 0, f"unlearning.{_toml_key(key)}", f"got {value}", "use 0 or a positive integer")
     _require(u.lira_references == 0 or (u.lira_references >= 4 and u.lira_references % 2 == 0),

@@ -494,6 +494,47 @@ def test_the_method_repairs_with_generator_rounds_at_the_training_learning_rate(
     assert seen_rates[4:7] == [pytest.approx(base_lr)] * 3
 
 
+def test_recalibration_rounds_step_the_sites_while_the_generator_holds_still(tmp_path, monkeypatch):
+    # Prepare: 2 stages × 1 G round, then 2 recalibration rounds (G frozen), then 3 repair rounds.
+    base = forget_scenario(["cascaded"], [])
+    klass = held_class(base, 0)
+    scenario = tiny_scenario(training={"rounds": 4}, evaluation={"every": 0},
+                             unlearning={**FAST_UNLEARNING, "methods": ["cascaded"], "recalibrate-rounds": 2,
+                                         "repair-rounds": 3},
+                             forget=[{"site": 0, "class": klass, "round": 2}])
+    calls = []
+    original_step = GeneratorServer.step
+
+    def recording_step(server, engine, update_generator=True):
+        before = [p.detach().clone() for p in server.generator.parameters()]
+        sent = []
+        original_round = engine.train_round
+
+        def counting_round(*args, **kwargs):
+            sent.append(True)
+            return original_round(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "train_round", counting_round)
+        record = original_step(server, engine, update_generator)
+        monkeypatch.setattr(engine, "train_round", original_round)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, server.generator.parameters()))
+        calls.append((update_generator, moved, len(sent)))
+        return record
+
+    monkeypatch.setattr(GeneratorServer, "step", recording_step)
+
+    # Execute
+    (entry,) = run_experiment(scenario, InProcessEngine(scenario, "cpu"), tmp_path)["unlearning"]
+
+    # Assert: training 2, stages 2, recalibration 2, repair 3; every round reached the sites, and G moved in every
+    # round but the recalibration's.
+    assert entry["rounds"] == 7 and entry["details"]["recalibrate_rounds"] == 2
+    method_calls = calls[2:9]
+    assert [flag for flag, _, _ in method_calls] == [True, True, False, False, True, True, True]
+    assert [moved for _, moved, _ in method_calls] == [True, True, False, False, True, True, True]
+    assert all(sent == 1 for _, _, sent in method_calls)
+
+
 # ---- partial class requests: [unlearning.partial] ----
 
 

@@ -56,6 +56,13 @@ class UnlearningJob:
                 self.server.step(self.engine)
         self.rounds_used += count
 
+    def discriminator_rounds(self, count: int) -> None:
+        """`count` rounds of the sites' half only (every site's D step against G's samples; G holds still). They
+        cost the sites and the wire what a generator round does, so `rounds_used` counts them as rounds."""
+        for _ in range(count):
+            self.server.step(self.engine, update_generator=False)
+        self.rounds_used += count
+
     def repair(self, count: int) -> None:
         """`count` repair rounds at G's own learning rate; with `repair-balance`, each answer's weight in G's step
         scaled by its smoothed responsibility ratio (`fedgan.unlearning.repair_balance`, ours)."""

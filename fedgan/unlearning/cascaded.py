@@ -10,6 +10,8 @@ is the project's reading (docs/methods.md, "Cascaded GAN unlearning"), with its 
 - cascade: S stages, each a site-side D stage (at every requesting site, concurrently) followed by
   `stage_g_rounds` normal UA rounds in which G moves away from what D_s now rejects. Other sites' discriminators
   are untouched by the D stage (they never saw the forget items);
+- recalibration (ours, off by default): `recalibrate_rounds` rounds in which every site's D steps against G's
+  samples while G holds still, so that the discriminators the stages moved settle before the repair;
 - repair (ours): `repair_rounds` more normal UA rounds at G's training learning rate, in which G settles back into
   the mixture of what the sites keep (the removed mass spread as the data spread it, not to the nearest mode).
 Federated form: the D stage runs at the requesting site only, on its own shard; the server sends one synthetic
@@ -38,6 +40,7 @@ def run_cascade(job: UnlearningJob, fake_label: Any) -> None:
     for stage in range(1, job.config.stages + 1):
         job.site_stage(options, stage)
         job.generator_rounds(job.config.stage_g_rounds)
+    job.discriminator_rounds(job.config.recalibrate_rounds)
     job.repair(job.config.repair_rounds)
 
 
@@ -51,7 +54,7 @@ class Cascaded(UnlearningMethod):
         run_cascade(job, job.config.fake_label)
         job.commit()
         details = {"fake_label": job.config.fake_label, "stages": job.config.stages,
-                   "repair_rounds": job.config.repair_rounds}
+                   "recalibrate_rounds": job.config.recalibrate_rounds, "repair_rounds": job.config.repair_rounds}
         if job.config.repair_balance != "none":
             details.update(repair_balance=job.config.repair_balance, balance_ratios=job.balance_ratios)
         return details
