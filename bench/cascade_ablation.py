@@ -84,10 +84,14 @@ def main() -> None:
     parser.add_argument("--share-snapshots", type=int, default=None,
                         help="[unlearning] share-snapshots for every side (retrain included) instead of the scenario's")
     parser.add_argument("--share-spacing", type=int, default=None, help="[unlearning] share-spacing likewise")
+    parser.add_argument("--retrain-seeds", type=int, default=None,
+                        help="[unlearning] retrain-seeds instead of the scenario's (1: the first training seed only; "
+                             "its numbers are the reference either way)")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
     shares = {key: value for key, value in (("share_snapshots", args.share_snapshots),
-                                            ("share_spacing", args.share_spacing)) if value is not None}
+                                            ("share_spacing", args.share_spacing),
+                                            ("retrain_seeds", args.retrain_seeds)) if value is not None}
     if shares:
         scenario = scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, **shares))
     if args.seed is not None:
