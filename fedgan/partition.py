@@ -62,7 +62,9 @@ def _check_site_count(num_sites: int, num_items: int) -> None:
     if isinstance(num_sites, bool) or not isinstance(num_sites, (int, np.integer)) or num_sites < 1:
         raise ScenarioError("sites.count", f"got {num_sites!r}", "expected an integer >= 1")
     if num_sites > num_items:
-        raise DataError("sites.count", f"{num_sites} sites but only {num_items} items", "use fewer sites or more data")
+        # The items may be few because of a data key (a synthetic set's size, a limit, a class subset): name those too
+        raise DataError("sites.count", f"{num_sites} sites but only {num_items} items",
+                        "use fewer sites or more data (data.num-train, data.train-limit or data.classes)")
 
 
 def _split_by_label(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from fedgan.results import _toml_value
@@ -64,6 +64,7 @@ def toml_text(raw: dict) -> str:
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(FIELDS), value=VALUES)
+@example(field=("data", "num-train"), value=1)  # fewer items than sites: refused by sites.count, naming the data key
 def test_a_scenario_with_one_field_mutated_is_valid_or_refused_by_that_field(tmp_path_factory, capsys, field, value):
     # Prepare: the base scenario with one field set to the drawn value.
     section, key = field

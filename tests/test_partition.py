@@ -141,7 +141,8 @@ def test_more_sites_than_items_is_a_sites_count_error(scheme: str) -> None:
         partition_dataset(tiny, scheme, 100, seed=0)
 
     # Assert
-    assert str(caught.value) == "sites.count: 100 sites but only 50 items; use fewer sites or more data"
+    assert str(caught.value) == ("sites.count: 100 sites but only 50 items; use fewer sites or more data "
+                                 "(data.num-train, data.train-limit or data.classes)")
 
 
 @pytest.mark.parametrize(("num_sites", "k"), [(5, 2), (10, 1), (4, 3), (3, 10)])
