@@ -89,11 +89,11 @@ def main() -> None:
                              "its numbers are the reference either way)")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
-    shares = {key: value for key, value in (("share_snapshots", args.share_snapshots),
-                                            ("share_spacing", args.share_spacing),
-                                            ("retrain_seeds", args.retrain_seeds)) if value is not None}
-    if shares:
-        scenario = scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, **shares))
+    overrides = {key: value for key, value in (("share_snapshots", args.share_snapshots),
+                                               ("share_spacing", args.share_spacing),
+                                               ("retrain_seeds", args.retrain_seeds)) if value is not None}
+    if overrides:
+        scenario = scenario.replace(unlearning=dataclasses.replace(scenario.unlearning, **overrides))
     if args.seed is not None:
         scenario = scenario.replace(seed=args.seed)
     out = Path(args.out or f"runs/ablation-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -502,25 +502,21 @@ def test_recalibration_rounds_step_the_sites_while_the_generator_holds_still(tmp
                              unlearning={**FAST_UNLEARNING, "methods": ["cascaded"], "recalibrate-rounds": 2,
                                          "repair-rounds": 3},
                              forget=[{"site": 0, "class": klass, "round": 2}])
-    calls = []
-    original_step = GeneratorServer.step
+    calls, sent = [], []
+    original_step, original_round = GeneratorServer.step, InProcessEngine.train_round
+
+    def counting_round(engine, *args, **kwargs):
+        sent.append(True)
+        return original_round(engine, *args, **kwargs)
 
     def recording_step(server, engine, update_generator=True):
-        before = [p.detach().clone() for p in server.generator.parameters()]
-        sent = []
-        original_round = engine.train_round
-
-        def counting_round(*args, **kwargs):
-            sent.append(True)
-            return original_round(*args, **kwargs)
-
-        monkeypatch.setattr(engine, "train_round", counting_round)
+        before, messages = [p.detach().clone() for p in server.generator.parameters()], len(sent)
         record = original_step(server, engine, update_generator)
-        monkeypatch.setattr(engine, "train_round", original_round)
         moved = any(not torch.equal(a, b) for a, b in zip(before, server.generator.parameters()))
-        calls.append((update_generator, moved, len(sent)))
+        calls.append((update_generator, moved, len(sent) - messages))
         return record
 
+    monkeypatch.setattr(InProcessEngine, "train_round", counting_round)
     monkeypatch.setattr(GeneratorServer, "step", recording_step)
 
     # Execute
